@@ -1,0 +1,101 @@
+//! Flags shared by several subcommands.
+
+use clap::Args;
+
+/// Which model to load and where to run it.
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct ModelArgs {
+    /// Local Hugging Face directory (config.json, model.safetensors or a sharded index,
+    /// tokenizer.json) or a hub id such as `HuggingFaceTB/SmolLM2-135M` (uses HF_HOME and
+    /// honours HF_HUB_OFFLINE=1).
+    #[arg(long, env = "GRASP_MODEL")]
+    pub model: String,
+    /// Hub revision (branch, tag or commit) when --model is a hub id.
+    #[arg(long, default_value = "main")]
+    pub revision: String,
+    /// cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Compute dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on CUDA).
+    #[arg(long)]
+    pub dtype: Option<String>,
+}
+
+/// Which calibration text to run through the model.
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct CalibrationArgs {
+    /// Calibration corpus: wikitext2, ptb, c4, or a local .txt/.raw/.jsonl file.
+    #[arg(long, default_value = "wikitext2")]
+    pub dataset: String,
+    /// Directory with the local datasets (default: ../shared/data when it exists).
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Number of calibration windows.
+    #[arg(long, default_value_t = 256)]
+    pub num_samples: usize,
+    /// Tokens per calibration window.
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Windows per forward/backward pass (the loss of each batch is its mean token loss).
+    #[arg(long, default_value_t = 1)]
+    pub batch_size: usize,
+    /// Seed for drawing windows with --sampling random.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// random: draw windows with --seed; sequential: the first windows in order.
+    #[arg(long, value_enum, default_value = "random")]
+    pub sampling: crate::data::calibration::Sampling,
+}
+
+impl CalibrationArgs {
+    pub fn load(&self, tokenizer: &tokenizers::Tokenizer) -> anyhow::Result<crate::data::calibration::Calibration> {
+        use crate::data::calibration::{load_calibration, CalibrationSpec};
+        if self.batch_size == 0 {
+            anyhow::bail!("--batch-size must be at least 1");
+        }
+        let spec = CalibrationSpec {
+            corpus: crate::data::corpus::Corpus::parse(&self.dataset)?,
+            data_dir: self.data_dir.clone(),
+            num_samples: self.num_samples,
+            seq_len: self.seq_len,
+            seed: self.seed,
+            sampling: self.sampling,
+        };
+        load_calibration(&spec, tokenizer)
+    }
+}
+
+/// Lines for the user on stderr, copied to --log-file when given.
+pub struct Log {
+    file: Option<std::fs::File>,
+    verbose: bool,
+}
+
+impl Log {
+    pub fn new(path: Option<&std::path::Path>, verbose: bool) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let file = path
+            .map(|p| std::fs::File::create(p).with_context(|| format!("cannot create log file {}", p.display())))
+            .transpose()?;
+        Ok(Self { file, verbose })
+    }
+
+    pub fn info(&mut self, line: impl AsRef<str>) {
+        self.write(line.as_ref(), true);
+    }
+
+    /// Shown only with --verbose; always written to the log file.
+    pub fn detail(&mut self, line: impl AsRef<str>) {
+        self.write(line.as_ref(), self.verbose);
+    }
+
+    fn write(&mut self, line: &str, show: bool) {
+        use std::io::Write;
+        if show {
+            eprintln!("{line}");
+        }
+        if let Some(f) = &mut self.file {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}

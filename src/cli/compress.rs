@@ -1,0 +1,296 @@
+//! `grasp compress`: choose the redundant layers, compress them, write the checkpoint.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::common::{CalibrationArgs, Log, ModelArgs};
+use super::layers::{check_num_prune_layers, print_table};
+use crate::data::calibration::Calibration;
+use crate::grasp::attribution::Batches;
+use crate::grasp::compress::{compress_layers, CompressOptions, Compression, Method};
+use crate::grasp::influence::block_influence;
+use crate::grasp::selection::{Metric, RankRule};
+use crate::grasp::svd::SvdDtype;
+use crate::io::load::load_model;
+use crate::io::save::{check_output, save_model, OutputForm};
+use crate::model::llama::{Block, Projection};
+use crate::runtime;
+
+#[derive(Args, Debug, Serialize)]
+pub struct CompressArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub calibration: CalibrationArgs,
+    /// How many layers to compress, chosen by lowest Block Influence.
+    #[arg(long, required_unless_present = "layers")]
+    pub num_prune_layers: Option<usize>,
+    /// Compress exactly these layers instead (e.g. 12,13,25).
+    #[arg(long, value_delimiter = ',', conflicts_with = "num_prune_layers")]
+    pub layers: Option<Vec<usize>>,
+    /// Choose a contiguous block by angular distance (last token) instead of per-layer BI.
+    #[arg(long)]
+    pub angular: bool,
+    /// grasp (gradient attribution), svd (largest singular values) or remove (delete layers).
+    #[arg(long, value_enum, default_value = "grasp")]
+    pub method: Method,
+    /// Importance of a singular value: taylor |g·S| or gradient |g|.
+    #[arg(long, value_enum, default_value = "taylor")]
+    pub metric: Metric,
+    /// Parameter reduction per compressed module: keep k = ⌊in·out·(1−ratio)/(in+out)⌋.
+    #[arg(long, default_value_t = 0.7)]
+    pub ratio: f64,
+    /// Instead of --ratio: keep the smallest set holding this share of the total importance.
+    #[arg(long)]
+    pub threshold_ratio: Option<f64>,
+    /// MLP projections to compress (gate_proj, up_proj, down_proj); empty for none.
+    #[arg(long, value_delimiter = ',', default_value = "gate_proj,up_proj,down_proj")]
+    pub mlp_targets: Vec<String>,
+    /// Attention projections to compress (q_proj, k_proj, v_proj, o_proj); empty for none.
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+    pub attn_targets: Vec<String>,
+    /// Precision of the SVD.
+    #[arg(long, value_enum, default_value = "f32")]
+    pub svd_dtype: SvdDtype,
+    /// Write dense weights (a standard Llama checkpoint) instead of two thin matrices each.
+    #[arg(long)]
+    pub merge: bool,
+    /// Output directory (default: out/<model>-<method>-…).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Copy the log to this file.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Print per-module details.
+    #[arg(long)]
+    pub verbose: bool,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+fn parse_targets(names: &[String], block: Block, flag: &str) -> Result<Vec<Projection>> {
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| match Projection::parse(n) {
+            Some(p) if p.block() == block => Ok(p),
+            _ => bail!("{flag}: unknown target type `{n}`"),
+        })
+        .collect()
+}
+
+fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
+    let rule = match args.threshold_ratio {
+        Some(t) => format!("thr{t}"),
+        None => format!("r{}", args.ratio),
+    };
+    let layers = match (&args.layers, args.num_prune_layers) {
+        (Some(l), _) => format!("l{}", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
+        (None, Some(n)) => format!("n{n}"),
+        (None, None) => String::new(),
+    };
+    let name = match args.method {
+        Method::Grasp => format!("{model_name}-grasp-{}-{layers}-{rule}", serde_json::to_value(args.metric).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+        Method::Svd => format!("{model_name}-svd-{layers}-{rule}"),
+        Method::Remove => format!("{model_name}-remove-{layers}"),
+    };
+    Path::new("out").join(name)
+}
+
+#[derive(Serialize)]
+struct Timings {
+    load_s: f64,
+    calibration_s: f64,
+    block_influence_s: f64,
+    compress_s: f64,
+    save_s: f64,
+    total_s: f64,
+}
+
+pub fn run(args: CompressArgs) -> Result<()> {
+    let start = Instant::now();
+    let mut log = Log::new(args.log_file.as_deref(), args.verbose)?;
+    let rule = match args.threshold_ratio {
+        Some(t) => RankRule::Threshold(t),
+        None => RankRule::Ratio(args.ratio),
+    }
+    .validate()?;
+    let mlp_targets = parse_targets(&args.mlp_targets, Block::Mlp, "--mlp-targets")?;
+    let attn_targets = parse_targets(&args.attn_targets, Block::Attention, "--attn-targets")?;
+
+    let loaded = load_model(&args.model)?;
+    let out = args.out.clone().unwrap_or_else(|| default_out(&args, &loaded.files.name));
+    check_output(&out, args.force)?;
+    let mut model = loaded.model;
+    let n_layers = model.num_layers();
+    if let Some(n) = args.num_prune_layers {
+        check_num_prune_layers(n, n_layers)?;
+    }
+    if let Some(bad) = args.layers.iter().flatten().find(|&&l| l >= n_layers) {
+        bail!("--layers: layer {bad} is out of range (the model has {n_layers} layers: 0..{})", n_layers - 1);
+    }
+    let out_dtype = match &args.model.dtype {
+        Some(d) => runtime::parse_dtype(d)?,
+        None => loaded.checkpoint_dtype,
+    };
+    log.info(format!(
+        "model {} ({} layers, {:.1}M parameters) on {} in {}, {} threads",
+        loaded.files.dir.display(),
+        n_layers,
+        model.num_params() as f64 / 1e6,
+        args.model.device,
+        runtime::dtype_name(model.dtype()),
+        runtime::num_threads()
+    ));
+    let load_s = start.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let calib = args.calibration.load(&loaded.tokenizer)?;
+    log.info(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seq_len, calib.source));
+    let batches = to_batches(&calib, args.calibration.batch_size, model.device())?;
+    let calibration_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let span = if args.angular { args.num_prune_layers.unwrap_or(1) } else { 1 };
+    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
+    let bi = block_influence(&model, &calib, args.calibration.batch_size, args.angular, span, &bar)?;
+    bar.finish_and_clear();
+    let chosen = match (&args.layers, args.num_prune_layers) {
+        (Some(l), _) => {
+            let mut l = l.clone();
+            l.sort_unstable();
+            l.dedup();
+            l
+        }
+        (None, Some(n)) => bi.redundant_layers(n),
+        (None, None) => bail!("give --num-prune-layers or --layers"),
+    };
+    if args.verbose {
+        print_table(&bi, &chosen);
+    }
+    log.info(format!("block influence: {:?}", bi.scores.iter().map(|s| format!("{s:.4}")).collect::<Vec<_>>()));
+    log.info(format!("layers to {}: {chosen:?}", if args.method == Method::Remove { "remove" } else { "compress" }));
+    let block_influence_s = t.elapsed().as_secs_f64();
+
+    let t = Instant::now();
+    let params_before = model.num_params();
+    let opts = CompressOptions {
+        method: args.method,
+        metric: args.metric,
+        rule,
+        mlp_targets,
+        attn_targets,
+        svd_dtype: args.svd_dtype,
+        input_cache_budget: input_cache_budget(),
+    };
+    let compression = compress_layers(&mut model, &chosen, &batches, &opts)?;
+    for b in &compression.blocks {
+        let loss = b.calib_loss_mean.map(|l| format!(", calibration loss {l:.4}")).unwrap_or_default();
+        log.info(format!("layer {:>3} {:<9} svd {:.1}s, gradients {:.1}s{loss}", b.layer, b.block, b.svd_seconds, b.gradient_seconds));
+    }
+    for m in &compression.modules {
+        log.detail(format!("  {} {}x{} rank {} -> {} (importance kept {:.3})", m.name, m.out_features, m.in_features, m.full_rank, m.k, m.retained_importance_fraction));
+    }
+    let compress_s = t.elapsed().as_secs_f64();
+    let params_after = model.num_params();
+
+    let t = Instant::now();
+    let form = if args.merge { OutputForm::Merged } else { OutputForm::Factorized };
+    let mut report = serde_json::json!({
+        "grasp_version": env!("CARGO_PKG_VERSION"),
+        "args": &args,
+        "model": { "path": loaded.files.dir, "num_layers": n_layers, "params": params_before },
+        "device": args.model.device,
+        "compute_dtype": runtime::dtype_name(model.dtype()),
+        "output_dtype": runtime::dtype_name(out_dtype),
+        "threads": runtime::num_threads(),
+        "calibration": { "source": calib.source, "windows": calib.windows.len(), "seq_len": calib.seq_len, "batch_size": args.calibration.batch_size },
+        "bi": bi.scores,
+        "bi_angular": bi.angular,
+        "chosen_layers": chosen,
+        "layer_inputs": compression.layer_inputs,
+        "modules": module_map(&compression),
+        "blocks": compression.blocks,
+        "params_before": params_before,
+        "params_after": params_after,
+        "output_form": if args.merge { "merged" } else { "factorized" },
+    });
+    let spinner = runtime::spinner(format!("writing {}", out.display()));
+    let bytes = save_model(&model, &loaded.files, &out, form, out_dtype, args.force)?;
+    let save_s = t.elapsed().as_secs_f64();
+    spinner.finish_and_clear();
+    let timings = Timings { load_s, calibration_s, block_influence_s, compress_s, save_s, total_s: start.elapsed().as_secs_f64() };
+    report["timings_s"] = serde_json::to_value(&timings)?;
+    report["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
+    report["weights_bytes"] = bytes.into();
+    crate::io::save::write_json(&out.join("grasp_report.json"), &report).context("cannot write the report")?;
+
+    print_summary(&compression, &chosen, params_before, params_after, &timings, &out);
+    log.info(format!("wrote {} ({:.1} MB of weights)", out.display(), bytes as f64 / 1e6));
+    Ok(())
+}
+
+fn to_batches(calib: &Calibration, batch_size: usize, device: &candle_core::Device) -> Result<Batches> {
+    let ids = calib
+        .batches(batch_size)
+        .map(|b| Calibration::batch_tensor(b, device))
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    Ok(Batches { ids })
+}
+
+/// Modules by name, as in the golden reports.
+fn module_map(c: &Compression) -> serde_json::Value {
+    serde_json::Value::Object(
+        c.modules
+            .iter()
+            .map(|m| (m.name.clone(), serde_json::to_value(m).unwrap_or_default()))
+            .collect(),
+    )
+}
+
+/// Layer inputs are cached for all chosen layers at once up to this many bytes
+/// (GRASP_INPUT_CACHE_MB, default 4096), beyond that recomputed layer by layer.
+fn input_cache_budget() -> usize {
+    std::env::var("GRASP_INPUT_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(4096)
+        * 1024
+        * 1024
+}
+
+fn print_summary(c: &Compression, chosen: &[usize], before: usize, after: usize, t: &Timings, out: &Path) {
+    println!("{:>6}  {:<10} {:>24}", "layer", "block", "ranks kept");
+    for b in &c.blocks {
+        let ranks: Vec<String> = c
+            .modules
+            .iter()
+            .filter(|m| b.modules.contains(&m.name))
+            .map(|m| format!("{}:{}/{}", m.name.rsplit('.').next().unwrap_or(""), m.k, m.full_rank))
+            .collect();
+        println!("{:>6}  {:<10} {}", b.layer, b.block, ranks.join(" "));
+    }
+    println!("layers {chosen:?}");
+    println!(
+        "parameters {:.2}M -> {:.2}M ({:.1}% fewer)",
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        100.0 * (before - after.min(before)) as f64 / before as f64
+    );
+    println!(
+        "time: load {:.1}s, calibration {:.1}s, block influence {:.1}s, compress {:.1}s, save {:.1}s, total {:.1}s",
+        t.load_s, t.calibration_s, t.block_influence_s, t.compress_s, t.save_s, t.total_s
+    );
+    println!("output {}", out.display());
+}

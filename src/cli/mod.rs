@@ -1,0 +1,52 @@
+//! The `grasp` command line: one subcommand per stage of the pipeline.
+
+pub mod common;
+mod compress;
+mod config_file;
+mod convert;
+mod eval;
+mod layers;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "grasp",
+    version,
+    args_override_self = true,
+    about = "Compress Llama-family models with GRASP: keep the singular values that matter",
+    long_about = "Compress Llama-family models with GRASP (Gradient-based Retention of Adaptive \
+                  Singular Parameters, arXiv 2501.00339).\n\n\
+                  Pipeline: `grasp layers` scores each decoder layer's Block Influence, \
+                  `grasp compress` replaces the least influential layers' projections by the \
+                  singular values whose gradient attribution is largest, `grasp eval` measures \
+                  perplexity and zero-shot accuracy, and `grasp convert` turns a GGUF file into \
+                  a Hugging Face checkpoint."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Score every decoder layer's Block Influence and pick the redundant ones.
+    Layers(layers::LayersArgs),
+    /// Compress the redundant layers with GRASP (or a baseline) and write a checkpoint.
+    Compress(Box<compress::CompressArgs>),
+    /// Perplexity and zero-shot accuracy of a (compressed) checkpoint.
+    Eval(Box<eval::EvalArgs>),
+    /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/...) into a Hugging Face directory.
+    Convert(convert::ConvertArgs),
+}
+
+pub fn main() -> anyhow::Result<()> {
+    let args = config_file::expand(std::env::args_os().collect())?;
+    let cli = Cli::parse_from(args);
+    match cli.command {
+        Command::Layers(args) => layers::run(args),
+        Command::Compress(args) => compress::run(*args),
+        Command::Eval(args) => eval::run(*args),
+        Command::Convert(args) => convert::run(args),
+    }
+}

@@ -1,0 +1,5 @@
+//! Data: text corpora (WikiText-2, PTB, C4, local files), calibration windows and zero-shot tasks.
+
+pub mod calibration;
+pub mod corpus;
+pub mod tasks;

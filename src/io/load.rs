@@ -1,0 +1,225 @@
+//! Finding a model's files (local directory or the Hugging Face hub) and loading it.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+use tokenizers::Tokenizer;
+
+use crate::cli::common::ModelArgs;
+use crate::model::{Llama, LlamaConfig};
+use crate::runtime;
+
+/// The files of one checkpoint, all local.
+#[derive(Clone, Debug)]
+pub struct ModelFiles {
+    /// Directory holding config.json (for a hub model: the snapshot directory in the cache).
+    pub dir: PathBuf,
+    /// Short name for reports and default output paths (last path component or repo name).
+    pub name: String,
+    pub config: PathBuf,
+    /// One file, or the shards listed by model.safetensors.index.json.
+    pub weights: Vec<PathBuf>,
+    pub tokenizer: PathBuf,
+    /// Other small files copied verbatim into compressed outputs (tokenizer_config.json, ...).
+    pub extras: Vec<PathBuf>,
+}
+
+/// A loaded model with its tokenizer.
+pub struct Loaded {
+    pub model: Llama,
+    pub tokenizer: Tokenizer,
+    pub files: ModelFiles,
+    /// dtype of the weights on disk (the first floating tensor's).
+    pub checkpoint_dtype: DType,
+}
+
+const EXTRA_FILES: &[&str] = &[
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+];
+
+/// Resolves `--model`: a local directory if one exists at that path, otherwise a hub id.
+pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles> {
+    let path = Path::new(model);
+    if path.is_dir() {
+        return resolve_local(path);
+    }
+    if path.exists() {
+        bail!("--model {model}: expected a directory holding config.json, found a file");
+    }
+    if model.starts_with('.') || model.starts_with('/') || model.matches('/').count() > 1 {
+        bail!("--model {model}: no such directory");
+    }
+    resolve_hub(model, revision)
+}
+
+fn resolve_local(dir: &Path) -> Result<ModelFiles> {
+    let config = dir.join("config.json");
+    if !config.is_file() {
+        bail!("{}: no config.json (is this a Hugging Face model directory?)", dir.display());
+    }
+    let tokenizer = dir.join("tokenizer.json");
+    if !tokenizer.is_file() {
+        bail!("{}: no tokenizer.json", dir.display());
+    }
+    let single = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
+    let weights = if single.is_file() {
+        vec![single]
+    } else if index.is_file() {
+        shard_names(&index)?.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        bail!(
+            "{}: no model.safetensors or model.safetensors.index.json",
+            dir.display()
+        );
+    };
+    if let Some(missing) = weights.iter().find(|w| !w.is_file()) {
+        bail!("{}: shard listed in the index is missing", missing.display());
+    }
+    let extras = EXTRA_FILES
+        .iter()
+        .map(|f| dir.join(f))
+        .filter(|p| p.is_file())
+        .collect();
+    let name = dir
+        .canonicalize()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "model".to_string());
+    Ok(ModelFiles {
+        dir: dir.to_path_buf(),
+        name,
+        config,
+        weights,
+        tokenizer,
+        extras,
+    })
+}
+
+/// The shard file names of a sharded checkpoint, in a stable order, without repeats.
+fn shard_names(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index)
+        .with_context(|| format!("cannot read {}", index.display()))?;
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", index.display()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .with_context(|| format!("{} has no weight_map", index.display()))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn resolve_hub(repo_id: &str, revision: &str) -> Result<ModelFiles> {
+    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
+    let cache = hf_hub::Cache::from_env();
+    let repo = hf_hub::Repo::with_revision(
+        repo_id.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    );
+    let get = |file: &str| -> Result<PathBuf> {
+        if let Some(p) = cache.repo(repo.clone()).get(file) {
+            return Ok(p);
+        }
+        if offline {
+            bail!(
+                "--model {repo_id}: {file} is not in the hub cache ({}) and HF_HUB_OFFLINE is set",
+                cache.path().display()
+            );
+        }
+        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
+            .with_progress(true)
+            .build()
+            .context("cannot start the Hugging Face hub client")?;
+        api.repo(repo.clone())
+            .get(file)
+            .with_context(|| format!("cannot download {file} of {repo_id} from the hub"))
+    };
+    let config = get("config.json")?;
+    let tokenizer = get("tokenizer.json")?;
+    let weights = match get("model.safetensors") {
+        Ok(p) => vec![p],
+        Err(single_err) => {
+            let index = get("model.safetensors.index.json").map_err(|_| single_err)?;
+            shard_names(&index)?
+                .iter()
+                .map(|f| get(f))
+                .collect::<Result<Vec<_>>>()?
+        }
+    };
+    let extras = EXTRA_FILES.iter().filter_map(|f| get(f).ok()).collect();
+    let dir = config
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let name = repo_id.rsplit('/').next().unwrap_or(repo_id).to_string();
+    Ok(ModelFiles {
+        dir,
+        name,
+        config,
+        weights,
+        tokenizer,
+        extras,
+    })
+}
+
+pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
+    Tokenizer::from_file(path)
+        .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
+}
+
+/// Resolves and loads `--model` on `--device` in `--dtype`.
+pub fn load_model(args: &ModelArgs) -> Result<Loaded> {
+    let device = runtime::parse_device(&args.device)?;
+    let requested = args.dtype.as_deref().map(runtime::parse_dtype).transpose()?;
+    let files = resolve(&args.model, &args.revision)?;
+    load_files(files, &device, requested)
+}
+
+/// Loads already-resolved files; `dtype` None picks [`runtime::default_compute_dtype`].
+pub fn load_files(files: ModelFiles, device: &Device, dtype: Option<DType>) -> Result<Loaded> {
+    let config = LlamaConfig::from_file(&files.config)?;
+    let tokenizer = load_tokenizer(&files.tokenizer)?;
+    let checkpoint_dtype = checkpoint_dtype(&files.weights[0])?;
+    let dtype = dtype.unwrap_or_else(|| runtime::default_compute_dtype(device, checkpoint_dtype));
+    let model = Llama::load(&config, &files.weights, dtype, device)
+        .with_context(|| format!("cannot load the weights of {}", files.dir.display()))?;
+    Ok(Loaded {
+        model,
+        tokenizer,
+        files,
+        checkpoint_dtype,
+    })
+}
+
+fn checkpoint_dtype(file: &Path) -> Result<DType> {
+    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
+        .with_context(|| format!("{} is not a safetensors file", file.display()))?;
+    let dtype = tensors
+        .tensors()
+        .into_iter()
+        .map(|(_, view)| view.dtype())
+        .find(|d| {
+            matches!(
+                d,
+                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
+            )
+        });
+    Ok(match dtype {
+        Some(safetensors::Dtype::F16) => DType::F16,
+        Some(safetensors::Dtype::BF16) => DType::BF16,
+        _ => DType::F32,
+    })
+}

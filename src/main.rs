@@ -1,0 +1,6 @@
+fn main() {
+    if let Err(err) = grasp::cli::main() {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,457 @@
+//! The Llama decoder: embeddings, pre-norm decoder layers (GQA attention with RoPE, SwiGLU MLP),
+//! final RMSNorm and the (possibly tied) LM head.
+//!
+//! Unlike candle-transformers' llama this returns logits for every position, exposes each
+//! layer, can start from any layer's cached input, and every op on the path from a
+//! projection to the loss carries a gradient.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use super::config::LlamaConfig;
+use super::linear::Linear;
+use super::ops;
+
+/// One of a decoder layer's seven projections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Projection {
+    Q,
+    K,
+    V,
+    O,
+    Gate,
+    Up,
+    Down,
+}
+
+/// The two blocks of a decoder layer GRASP processes in turn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Block {
+    Attention,
+    Mlp,
+}
+
+impl Projection {
+    pub const ALL: [Projection; 7] = [
+        Projection::Q,
+        Projection::K,
+        Projection::V,
+        Projection::O,
+        Projection::Gate,
+        Projection::Up,
+        Projection::Down,
+    ];
+
+    /// The HF module's own name: `q_proj`, …, `down_proj`.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Projection::Q => "q_proj",
+            Projection::K => "k_proj",
+            Projection::V => "v_proj",
+            Projection::O => "o_proj",
+            Projection::Gate => "gate_proj",
+            Projection::Up => "up_proj",
+            Projection::Down => "down_proj",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|p| {
+            p.short_name() == name || p.short_name().trim_end_matches("_proj") == name
+        })
+    }
+
+    pub fn block(self) -> Block {
+        match self {
+            Projection::Q | Projection::K | Projection::V | Projection::O => Block::Attention,
+            Projection::Gate | Projection::Up | Projection::Down => Block::Mlp,
+        }
+    }
+
+    /// Full HF module name, e.g. `model.layers.3.self_attn.q_proj`.
+    pub fn module_name(self, layer: usize) -> String {
+        let parent = match self.block() {
+            Block::Attention => "self_attn",
+            Block::Mlp => "mlp",
+        };
+        format!("model.layers.{layer}.{parent}.{}", self.short_name())
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+#[derive(Clone, Debug)]
+pub struct DecoderLayer {
+    pub input_layernorm: Tensor,
+    pub self_attn: Attention,
+    pub post_attention_layernorm: Tensor,
+    pub mlp: Mlp,
+    rms_norm_eps: f64,
+}
+
+/// cos/sin tables of the rotary embedding, (max_positions, head_dim / 2).
+#[derive(Clone, Debug)]
+struct Rotary {
+    cos: Tensor,
+    sin: Tensor,
+}
+
+#[derive(Clone, Debug)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: Tensor,
+    /// None when the head is tied to the embeddings.
+    pub lm_head: Option<Tensor>,
+    rotary: Rotary,
+    dtype: DType,
+    device: Device,
+}
+
+impl Rotary {
+    fn new(cfg: &LlamaConfig, dtype: DType, device: &Device) -> Result<Self> {
+        let half = cfg.head_dim / 2;
+        let inv_freq: Vec<f32> = (0..half)
+            .map(|i| {
+                let f = 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.head_dim as f64);
+                llama3_scaled(f, cfg) as f32
+            })
+            .collect();
+        let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+        let positions = Tensor::arange(0u32, cfg.max_position_embeddings as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((cfg.max_position_embeddings, 1))?;
+        let freqs = positions.broadcast_mul(&inv_freq)?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            sin: freqs.sin()?.to_dtype(dtype)?,
+        })
+    }
+
+    fn tables(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
+        Ok((self.cos.narrow(0, 0, seq_len)?, self.sin.narrow(0, 0, seq_len)?))
+    }
+}
+
+/// Llama 3's frequency-dependent scaling of one inverse frequency (identity without it).
+fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
+    let Some(s) = &cfg.rope_scaling else {
+        return inv_freq;
+    };
+    let old = s.original_max_position_embeddings as f64;
+    let low_wavelen = old / s.low_freq_factor;
+    let high_wavelen = old / s.high_freq_factor;
+    let wavelen = 2.0 * std::f64::consts::PI / inv_freq;
+    if wavelen < high_wavelen {
+        inv_freq
+    } else if wavelen > low_wavelen {
+        inv_freq / s.factor
+    } else {
+        let smooth = (old / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        (1.0 - smooth) * inv_freq / s.factor + smooth * inv_freq
+    }
+}
+
+fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let mask: Vec<f32> = (0..seq_len)
+        .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Tensor::from_vec(mask, (seq_len, seq_len), device)?.to_dtype(dtype)
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t, _) = x.dims3()?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)
+        };
+        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
+        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = ops::rope(&q, cos, sin)?;
+        let k = ops::rope(&k, cos, sin)?;
+        let groups = self.num_heads / self.num_kv_heads;
+        let k = candle_transformers::utils::repeat_kv(k.contiguous()?, groups)?;
+        let v = candle_transformers::utils::repeat_kv(v.contiguous()?, groups)?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
+        let probs = ops::softmax_last_dim(&scores)?;
+        let y = probs.matmul(&v.contiguous()?)?;
+        let y = y
+            .transpose(1, 2)?
+            .reshape((b, t, self.num_heads * self.head_dim))?;
+        self.o_proj.forward(&y)
+    }
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+impl DecoderLayer {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let h = ops::rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
+        let x = (x + self.self_attn.forward(&h, cos, sin, mask)?)?;
+        let h = ops::rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
+        x + self.mlp.forward(&h)?
+    }
+
+    pub fn projection(&self, p: Projection) -> &Linear {
+        match p {
+            Projection::Q => &self.self_attn.q_proj,
+            Projection::K => &self.self_attn.k_proj,
+            Projection::V => &self.self_attn.v_proj,
+            Projection::O => &self.self_attn.o_proj,
+            Projection::Gate => &self.mlp.gate_proj,
+            Projection::Up => &self.mlp.up_proj,
+            Projection::Down => &self.mlp.down_proj,
+        }
+    }
+
+    pub fn projection_mut(&mut self, p: Projection) -> &mut Linear {
+        match p {
+            Projection::Q => &mut self.self_attn.q_proj,
+            Projection::K => &mut self.self_attn.k_proj,
+            Projection::V => &mut self.self_attn.v_proj,
+            Projection::O => &mut self.self_attn.o_proj,
+            Projection::Gate => &mut self.mlp.gate_proj,
+            Projection::Up => &mut self.mlp.up_proj,
+            Projection::Down => &mut self.mlp.down_proj,
+        }
+    }
+
+    pub fn num_params(&self) -> usize {
+        Projection::ALL
+            .iter()
+            .map(|p| self.projection(*p).num_params())
+            .sum::<usize>()
+            + self.input_layernorm.elem_count()
+            + self.post_attention_layernorm.elem_count()
+    }
+}
+
+/// Loads a projection in whichever form the checkpoint stores it.
+fn load_linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize, bias: bool, rank: Option<usize>) -> Result<Linear> {
+    let vb = vb.pp(name);
+    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    match rank {
+        Some(r) => Ok(Linear::Factorized {
+            svd_in: vb.pp("svd_in").get((r, in_dim), "weight")?,
+            svd_out: vb.pp("svd_out").get((out_dim, r), "weight")?,
+            bias,
+        }),
+        None => Ok(Linear::Dense {
+            weight: vb.get((out_dim, in_dim), "weight")?,
+            bias,
+        }),
+    }
+}
+
+impl Llama {
+    /// Loads safetensors weights (memory-mapped) in `dtype` onto `device`.
+    pub fn load(cfg: &LlamaConfig, weights: &[PathBuf], dtype: DType, device: &Device) -> anyhow::Result<Self> {
+        let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device)? };
+        Self::from_var_builder(cfg, vb).context("checkpoint does not match config.json")
+    }
+
+    pub fn from_var_builder(cfg: &LlamaConfig, vb: VarBuilder) -> anyhow::Result<Self> {
+        let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
+        let (q_dim, kv_dim) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        let rank_of = |name: &str| cfg.grasp.as_ref().and_then(|g| g.ranks.get(name).copied());
+        let embed_tokens = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for i in 0..cfg.num_hidden_layers {
+            let lvb = vb.pp(format!("model.layers.{i}"));
+            let lin = |p: Projection, in_dim, out_dim, bias| {
+                let parent = match p.block() {
+                    Block::Attention => lvb.pp("self_attn"),
+                    Block::Mlp => lvb.pp("mlp"),
+                };
+                load_linear(&parent, p.short_name(), in_dim, out_dim, bias, rank_of(&p.module_name(i)))
+            };
+            layers.push(DecoderLayer {
+                input_layernorm: lvb.get(h, "input_layernorm.weight")?,
+                post_attention_layernorm: lvb.get(h, "post_attention_layernorm.weight")?,
+                self_attn: Attention {
+                    q_proj: lin(Projection::Q, h, q_dim, cfg.attention_bias)?,
+                    k_proj: lin(Projection::K, h, kv_dim, cfg.attention_bias)?,
+                    v_proj: lin(Projection::V, h, kv_dim, cfg.attention_bias)?,
+                    o_proj: lin(Projection::O, q_dim, h, cfg.attention_bias)?,
+                    num_heads: cfg.num_attention_heads,
+                    num_kv_heads: cfg.num_key_value_heads,
+                    head_dim: cfg.head_dim,
+                },
+                mlp: Mlp {
+                    gate_proj: lin(Projection::Gate, h, inter, cfg.mlp_bias)?,
+                    up_proj: lin(Projection::Up, h, inter, cfg.mlp_bias)?,
+                    down_proj: lin(Projection::Down, inter, h, cfg.mlp_bias)?,
+                },
+                rms_norm_eps: cfg.rms_norm_eps,
+            });
+        }
+        let norm = vb.get(h, "model.norm.weight")?;
+        let lm_head = if cfg.tie_word_embeddings {
+            None
+        } else if vb.contains_tensor("lm_head.weight") {
+            Some(vb.get((cfg.vocab_size, h), "lm_head.weight")?)
+        } else {
+            bail!("lm_head.weight is missing and tie_word_embeddings is false");
+        };
+        let device = vb.device().clone();
+        let dtype = vb.dtype();
+        Ok(Self {
+            rotary: Rotary::new(cfg, dtype, &device)?,
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dtype,
+            device,
+        })
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn num_layers(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Token embeddings: (batch, seq) u32 ids → (batch, seq, hidden).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        self.embed_tokens
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, self.config.hidden_size))
+    }
+
+    /// Runs layers `start..end` on `hidden` (the input of layer `start`), calling `visit` with
+    /// each layer's output; returns layer `end - 1`'s output (before the final norm).
+    pub fn run_layers(&self, hidden: &Tensor, start: usize, end: usize, mut visit: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<Tensor> {
+        let t = hidden.dim(1)?;
+        if t > self.config.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {t} tokens exceeds max_position_embeddings {}",
+                self.config.max_position_embeddings
+            );
+        }
+        let (cos, sin) = self.rotary.tables(t)?;
+        let mask = causal_mask(t, self.dtype, &self.device)?;
+        let mut x = hidden.clone();
+        for (i, layer) in self.layers.iter().enumerate().take(end).skip(start) {
+            x = layer.forward(&x, &cos, &sin, &mask)?;
+            visit(i, &x)?;
+        }
+        Ok(x)
+    }
+
+    pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
+        ops::rms_norm(hidden, &self.norm, self.config.rms_norm_eps)
+    }
+
+    /// Logits (batch, seq, vocab) from the last layer's output, in f32.
+    pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
+        let normed = self.final_norm(hidden)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let (b, t, h) = normed.dims3()?;
+        normed
+            .reshape((b * t, h))?
+            .matmul(&w.t()?)?
+            .reshape((b, t, ()))?
+            .to_dtype(DType::F32)
+    }
+
+    /// Logits for every position of a (batch, seq) batch of ids.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let h = self.run_layers(&self.embed(ids)?, 0, self.layers.len(), |_, _| Ok(()))?;
+        self.head(&h)
+    }
+
+    /// Logits from layer `start` on, given that layer's input.
+    pub fn forward_from(&self, start: usize, hidden: &Tensor) -> Result<Tensor> {
+        let h = self.run_layers(hidden, start, self.layers.len(), |_, _| Ok(()))?;
+        self.head(&h)
+    }
+
+    /// Logits and every layer's hidden state: entry 0 is the embedding output (the input of
+    /// layer 0) and entry i+1 the output of layer i (before the final norm).
+    pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
+        let embedded = self.embed(ids)?;
+        let mut hidden = vec![embedded.clone()];
+        let last = self.run_layers(&embedded, 0, self.layers.len(), |_, h| {
+            hidden.push(h.clone());
+            Ok(())
+        })?;
+        Ok((self.head(&last)?, hidden))
+    }
+
+    /// Deletes decoder layers (ShortGPT-style removal) and updates the config.
+    pub fn remove_layers(&mut self, layers: &[usize]) {
+        let mut index = 0;
+        self.layers.retain(|_| {
+            let keep = !layers.contains(&index);
+            index += 1;
+            keep
+        });
+        self.config.num_hidden_layers = self.layers.len();
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.embed_tokens.elem_count()
+            + self.layers.iter().map(DecoderLayer::num_params).sum::<usize>()
+            + self.norm.elem_count()
+            + self.lm_head.as_ref().map_or(0, Tensor::elem_count)
+    }
+}
+
+/// Mean next-token cross-entropy of `logits` (batch, seq, vocab) for `ids` (batch, seq):
+/// position t predicts token t+1.
+pub fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let pred = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
+    let target = ids.narrow(1, 1, t - 1)?.flatten_all()?;
+    candle_nn::loss::cross_entropy(&pred.to_dtype(DType::F32)?, &target)
+}
+
+impl crate::eval::CausalLm for Llama {
+    fn logits(&self, ids: &Tensor) -> anyhow::Result<Tensor> {
+        Ok(self.forward(ids)?)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
+    }
+}

@@ -1,0 +1,86 @@
+//! Where and in what precision the work runs: device and dtype parsing, threads, memory use.
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device};
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                Some(n) => n
+                    .parse::<usize>()
+                    .with_context(|| format!("bad CUDA ordinal in --device {s}"))?,
+                None => 0,
+            };
+            if !candle_core::utils::cuda_is_available() {
+                bail!("--device {s}: this grasp binary was built without the `cuda` feature");
+            }
+            Device::new_cuda(ordinal).with_context(|| format!("cannot open CUDA device {ordinal}"))
+        }
+        other => bail!("unknown device `{other}` (expected cpu, cuda or cuda:N)"),
+    }
+}
+
+/// Parses `f32`, `bf16` or `f16` (also `float32`, `bfloat16`, `float16`).
+pub fn parse_dtype(spec: &str) -> Result<DType> {
+    match spec {
+        "f32" | "float32" => Ok(DType::F32),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f16" | "float16" => Ok(DType::F16),
+        other => bail!("unknown dtype `{other}` (expected f32, bf16 or f16)"),
+    }
+}
+
+pub fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F32 => "float32",
+        DType::BF16 => "bfloat16",
+        DType::F16 => "float16",
+        DType::F64 => "float64",
+        _ => "other",
+    }
+}
+
+/// The dtype to compute in when the user gave none: the checkpoint's own on CUDA (bf16 when it
+/// is f32), f32 on the CPU, where half-precision matmuls are slow and gradients are our tests.
+pub fn default_compute_dtype(device: &Device, checkpoint: DType) -> DType {
+    match device {
+        Device::Cpu => DType::F32,
+        _ if checkpoint == DType::F32 => DType::BF16,
+        _ => checkpoint,
+    }
+}
+
+/// Threads used by candle's CPU kernels and by faer/rayon.
+pub fn num_threads() -> usize {
+    candle_core::utils::get_num_threads()
+}
+
+/// Peak resident set size of this process in bytes (Linux `VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn progress_bar(len: u64, prefix: &str, unit: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template(&format!(
+        "{{prefix:>24}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}} (eta {{eta}}) {{msg}}"
+    ))
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    indicatif::ProgressBar::new(len)
+        .with_style(style)
+        .with_prefix(prefix.to_string())
+}
+
+/// A spinner for work without a count (hidden when stderr is not a terminal).
+pub fn spinner(message: String) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message);
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
