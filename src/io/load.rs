@@ -61,7 +61,10 @@ pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles> {
 fn resolve_local(dir: &Path) -> Result<ModelFiles> {
     let config = dir.join("config.json");
     if !config.is_file() {
-        bail!("{}: no config.json (is this a Hugging Face model directory?)", dir.display());
+        bail!(
+            "{}: no config.json (is this a Hugging Face model directory?)",
+            dir.display()
+        );
     }
     let tokenizer = dir.join("tokenizer.json");
     if !tokenizer.is_file() {
@@ -72,7 +75,10 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
     let weights = if single.is_file() {
         vec![single]
     } else if index.is_file() {
-        shard_names(&index)?.into_iter().map(|f| dir.join(f)).collect()
+        shard_names(&index)?
+            .into_iter()
+            .map(|f| dir.join(f))
+            .collect()
     } else {
         bail!(
             "{}: no model.safetensors or model.safetensors.index.json",
@@ -80,7 +86,10 @@ fn resolve_local(dir: &Path) -> Result<ModelFiles> {
         );
     };
     if let Some(missing) = weights.iter().find(|w| !w.is_file()) {
-        bail!("{}: shard listed in the index is missing", missing.display());
+        bail!(
+            "{}: shard listed in the index is missing",
+            missing.display()
+        );
     }
     let extras = EXTRA_FILES
         .iter()
@@ -183,7 +192,11 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 /// Resolves and loads `--model` on `--device` in `--dtype`.
 pub fn load_model(args: &ModelArgs) -> Result<Loaded> {
     let device = runtime::parse_device(&args.device)?;
-    let requested = args.dtype.as_deref().map(runtime::parse_dtype).transpose()?;
+    let requested = args
+        .dtype
+        .as_deref()
+        .map(runtime::parse_dtype)
+        .transpose()?;
     let files = resolve(&args.model, &args.revision)?;
     load_files(files, &device, requested)
 }

@@ -29,7 +29,10 @@ const SHARD_BYTES: usize = 5_000_000_000;
 /// Refuses to overwrite an existing output unless `force` (call before long work, too).
 pub fn check_output(out: &Path, force: bool) -> Result<()> {
     if out.exists() && !force {
-        bail!("{} already exists (use --force to replace it)", out.display());
+        bail!(
+            "{} already exists (use --force to replace it)",
+            out.display()
+        );
     }
     Ok(())
 }
@@ -50,16 +53,34 @@ impl Drop for TempDir {
 
 /// Writes `model` to `out` in `dtype` with the tokenizer files of `source`.
 /// Returns the bytes of weights written.
-pub fn save_model(model: &Llama, source: &ModelFiles, out: &Path, form: OutputForm, dtype: DType, force: bool) -> Result<u64> {
+pub fn save_model(
+    model: &Llama,
+    source: &ModelFiles,
+    out: &Path,
+    form: OutputForm,
+    dtype: DType,
+    force: bool,
+) -> Result<u64> {
     check_output(out, force)?;
-    let parent = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
-    let tmp = TempDir { path: parent.join(format!(".{name}.tmp-{}", std::process::id())), keep: false };
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
+    let tmp = TempDir {
+        path: parent.join(format!(".{name}.tmp-{}", std::process::id())),
+        keep: false,
+    };
     if tmp.path.exists() {
         std::fs::remove_dir_all(&tmp.path)?;
     }
-    std::fs::create_dir(&tmp.path).with_context(|| format!("cannot create {}", tmp.path.display()))?;
+    std::fs::create_dir(&tmp.path)
+        .with_context(|| format!("cannot create {}", tmp.path.display()))?;
 
     let (tensors, ranks) = checkpoint_tensors(model, form, dtype)?;
     let bytes = write_weights(&tensors, &tmp.path)?;
@@ -72,7 +93,9 @@ pub fn save_model(model: &Llama, source: &ModelFiles, out: &Path, form: OutputFo
     }
     write_json(&tmp.path.join("config.json"), &json)?;
     for file in std::iter::once(&source.tokenizer).chain(&source.extras) {
-        let dest = tmp.path.join(file.file_name().context("tokenizer file without a name")?);
+        let dest = tmp
+            .path
+            .join(file.file_name().context("tokenizer file without a name")?);
         std::fs::copy(file, &dest).with_context(|| format!("cannot copy {}", file.display()))?;
     }
     replace_dir(&tmp.path, out)?;
@@ -91,11 +114,15 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
     if out.exists() {
         let old = tmp.with_extension("old");
-        std::fs::rename(out, &old).with_context(|| format!("cannot move {} aside", out.display()))?;
-        std::fs::rename(tmp, out).with_context(|| format!("cannot rename into {}", out.display()))?;
-        std::fs::remove_dir_all(&old).with_context(|| format!("cannot remove {}", old.display()))?;
+        std::fs::rename(out, &old)
+            .with_context(|| format!("cannot move {} aside", out.display()))?;
+        std::fs::rename(tmp, out)
+            .with_context(|| format!("cannot rename into {}", out.display()))?;
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("cannot remove {}", old.display()))?;
     } else {
-        std::fs::rename(tmp, out).with_context(|| format!("cannot rename into {}", out.display()))?;
+        std::fs::rename(tmp, out)
+            .with_context(|| format!("cannot rename into {}", out.display()))?;
     }
     Ok(())
 }
@@ -104,25 +131,45 @@ type Tensors = Vec<(String, Tensor)>;
 
 /// Every tensor of the checkpoint in HF naming, on the CPU in `dtype`, plus the ranks of the
 /// projections stored factorized.
-fn checkpoint_tensors(model: &Llama, form: OutputForm, dtype: DType) -> Result<(Tensors, std::collections::BTreeMap<String, usize>)> {
+fn checkpoint_tensors(
+    model: &Llama,
+    form: OutputForm,
+    dtype: DType,
+) -> Result<(Tensors, std::collections::BTreeMap<String, usize>)> {
     let host = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(dtype)?.to_device(&Device::Cpu)?) };
-    let mut out: Tensors = vec![("model.embed_tokens.weight".into(), host(&model.embed_tokens)?)];
+    let mut out: Tensors = vec![(
+        "model.embed_tokens.weight".into(),
+        host(&model.embed_tokens)?,
+    )];
     let mut ranks = std::collections::BTreeMap::new();
     for (i, layer) in model.layers.iter().enumerate() {
         let prefix = format!("model.layers.{i}");
-        out.push((format!("{prefix}.input_layernorm.weight"), host(&layer.input_layernorm)?));
-        out.push((format!("{prefix}.post_attention_layernorm.weight"), host(&layer.post_attention_layernorm)?));
+        out.push((
+            format!("{prefix}.input_layernorm.weight"),
+            host(&layer.input_layernorm)?,
+        ));
+        out.push((
+            format!("{prefix}.post_attention_layernorm.weight"),
+            host(&layer.post_attention_layernorm)?,
+        ));
         for p in Projection::ALL {
             let name = p.module_name(i);
             let lin = layer.projection(p);
             let lin = match (form, lin) {
                 (OutputForm::Factorized, Linear::Svd { .. }) => lin.to_factorized()?,
-                (OutputForm::Merged, Linear::Svd { .. } | Linear::Factorized { .. }) => Linear::Dense { weight: lin.dense_weight()?, bias: lin.bias().cloned() },
+                (OutputForm::Merged, Linear::Svd { .. } | Linear::Factorized { .. }) => {
+                    Linear::Dense {
+                        weight: lin.dense_weight()?,
+                        bias: lin.bias().cloned(),
+                    }
+                }
                 _ => lin.clone(),
             };
             match &lin {
                 Linear::Dense { weight, .. } => out.push((format!("{name}.weight"), host(weight)?)),
-                Linear::Factorized { svd_in, svd_out, .. } => {
+                Linear::Factorized {
+                    svd_in, svd_out, ..
+                } => {
                     ranks.insert(name.clone(), svd_in.dims()[0]);
                     out.push((format!("{name}.svd_in.weight"), host(svd_in)?));
                     out.push((format!("{name}.svd_out.weight"), host(svd_out)?));
@@ -168,11 +215,16 @@ fn write_weights(tensors: &Tensors, dir: &Path) -> Result<u64> {
         }
         // transformers refuses safetensors files whose metadata lacks format=pt.
         let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(shard.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata), &dir.join(&file))
-            .with_context(|| format!("cannot write {file}"))?;
+        safetensors::serialize_to_file(
+            shard.iter().map(|(k, t)| (k.as_str(), t)),
+            Some(metadata),
+            &dir.join(&file),
+        )
+        .with_context(|| format!("cannot write {file}"))?;
     }
     if count > 1 {
-        let index = serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
+        let index =
+            serde_json::json!({ "metadata": { "total_size": total }, "weight_map": weight_map });
         write_json(&dir.join("model.safetensors.index.json"), &index)?;
     }
     Ok(total as u64)
