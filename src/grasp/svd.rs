@@ -19,7 +19,8 @@ pub struct ThinSvd {
     pub vh: Tensor,
 }
 
-/// Decomposes a 2-D weight. U and Vh come back in `weight`'s dtype and device; S in f32.
+/// Decomposes a 2-D weight. U and Vh come back in `weight`'s dtype and device; S in f32 (f64
+/// for an f64 weight), the precision its gradient is accumulated in.
 pub fn thin_svd(weight: &Tensor, precision: SvdDtype) -> Result<ThinSvd> {
     let (out, inp) = weight.dims2()?;
     let host = weight.to_device(&Device::Cpu)?;
@@ -47,7 +48,7 @@ pub fn thin_svd(weight: &Tensor, precision: SvdDtype) -> Result<ThinSvd> {
     let dtype = weight.dtype();
     Ok(ThinSvd {
         u: u.to_dtype(dtype)?.to_device(device)?,
-        s: s.to_dtype(DType::F32)?.to_device(device)?,
+        s: s.to_dtype(if dtype == DType::F64 { DType::F64 } else { DType::F32 })?.to_device(device)?,
         vh: vh.to_dtype(dtype)?.to_device(device)?,
     })
 }

@@ -378,7 +378,7 @@ impl Llama {
         ops::rms_norm(hidden, &self.norm, self.config.rms_norm_eps)
     }
 
-    /// Logits (batch, seq, vocab) from the last layer's output, in f32.
+    /// Logits (batch, seq, vocab) from the last layer's output, in f32 (f64 for an f64 model).
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         let normed = self.final_norm(hidden)?;
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
@@ -386,8 +386,8 @@ impl Llama {
         normed
             .reshape((b * t, h))?
             .matmul(&w.t()?)?
-            .reshape((b, t, ()))?
-            .to_dtype(DType::F32)
+            .reshape((b, t, ()))
+            .and_then(|l| ops::at_least_f32(&l))
     }
 
     /// Logits for every position of a (batch, seq) batch of ids.
@@ -439,7 +439,7 @@ pub fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     let (b, t, v) = logits.dims3()?;
     let pred = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
     let target = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-    candle_nn::loss::cross_entropy(&pred.to_dtype(DType::F32)?, &target)
+    candle_nn::loss::cross_entropy(&ops::at_least_f32(&pred)?, &target)
 }
 
 impl crate::eval::CausalLm for Llama {

@@ -7,15 +7,17 @@
 
 use candle_core::{DType, Result, Tensor, D};
 
+/// The composed form is needed in a gradient graph, and for f64 (which the fused kernels lack).
 fn needs_grad(xs: &[&Tensor]) -> bool {
-    xs.iter().any(|x| x.track_op())
+    xs.iter().any(|x| x.track_op() || x.dtype() == DType::F64)
 }
 
-/// Half-precision inputs are reduced in f32; f32 and f64 stay as they are.
-fn reduction_dtype(dtype: DType) -> DType {
-    match dtype {
-        DType::BF16 | DType::F16 => DType::F32,
-        other => other,
+/// Half-precision tensors are upcast to f32 for reductions, logits and losses; f32 and f64
+/// stay as they are.
+pub fn at_least_f32(x: &Tensor) -> Result<Tensor> {
+    match x.dtype() {
+        DType::BF16 | DType::F16 => x.to_dtype(DType::F32),
+        _ => Ok(x.clone()),
     }
 }
 
@@ -25,7 +27,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         return candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32);
     }
     let dtype = x.dtype();
-    let xf = x.to_dtype(reduction_dtype(dtype))?;
+    let xf = at_least_f32(x)?;
     let inv_rms = (xf.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
     xf.broadcast_mul(&inv_rms)?
         .to_dtype(dtype)?
@@ -35,7 +37,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// Softmax over the last dimension, at least in f32 (as transformers does for attention weights).
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     let dtype = x.dtype();
-    let xf = x.to_dtype(reduction_dtype(dtype))?;
+    let xf = at_least_f32(x)?;
     let p = if needs_grad(&[x]) {
         candle_nn::ops::softmax(&xf, D::Minus1)?
     } else {
