@@ -1,0 +1,140 @@
+//! Perplexity on a text corpus, with the protocol of the layer-pruning papers: the test rows
+//! joined with blank lines are tokenized as one stream (with the tokenizer's own special
+//! tokens, so at most one BOS, at the very start), cut into non-overlapping windows of
+//! `seq_len` tokens (tail dropped), and every window scores the next-token cross-entropy of
+//! its `seq_len - 1` targets. Perplexity is exp of the mean NLL over all scored tokens.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Tensor, D};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::data::calibration::encode_stream;
+use crate::data::corpus::{load_rows, Corpus, Split};
+use crate::eval::CausalLm;
+
+/// How a corpus is scored.
+#[derive(Clone, Debug)]
+pub struct PerplexitySpec {
+    /// Window length; capped at the model's maximum positions.
+    pub seq_len: usize,
+    /// Score at most this many windows (None: all of them).
+    pub limit: Option<usize>,
+    /// Windows per forward pass.
+    pub batch_size: usize,
+}
+
+/// The perplexity of one corpus, with what is needed to reproduce it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PerplexityResult {
+    pub dataset: String,
+    pub source: String,
+    pub perplexity: f64,
+    pub mean_nll: f64,
+    pub tokens_scored: usize,
+    pub windows: usize,
+    pub seq_len: usize,
+    /// Whether the stream starts with a BOS token added by the tokenizer.
+    pub bos: bool,
+    pub seconds: f64,
+}
+
+/// Perplexity of `model` on the test split of `corpus`.
+pub fn perplexity(
+    model: &dyn CausalLm,
+    tokenizer: &Tokenizer,
+    corpus: &Corpus,
+    data_dir: Option<&Path>,
+    spec: &PerplexitySpec,
+) -> Result<PerplexityResult> {
+    let started = Instant::now();
+    let rows = load_rows(corpus, Split::Test, data_dir)?;
+    let encoding = encode_stream(tokenizer, &rows.rows.join("\n\n"), true)?;
+    let bos = encoding.get_special_tokens_mask().first() == Some(&1);
+    let (mean_nll, tokens_scored, windows) = perplexity_of_stream(model, encoding.get_ids(), spec)
+        .with_context(|| format!("perplexity on {corpus} ({})", rows.source))?;
+    Ok(PerplexityResult {
+        dataset: corpus.name(),
+        source: rows.source,
+        perplexity: mean_nll.exp(),
+        mean_nll,
+        tokens_scored,
+        windows,
+        seq_len: window_len(model, spec),
+        bos,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Mean next-token NLL of a token stream, with the number of scored tokens and windows.
+pub fn perplexity_of_stream(
+    model: &dyn CausalLm,
+    ids: &[u32],
+    spec: &PerplexitySpec,
+) -> Result<(f64, usize, usize)> {
+    let seq_len = window_len(model, spec);
+    if seq_len < 2 {
+        bail!("perplexity needs windows of at least 2 tokens, got a sequence length of {seq_len}");
+    }
+    if spec.batch_size == 0 {
+        bail!("the perplexity batch size must be at least 1");
+    }
+    let available = ids.len() / seq_len;
+    let windows = spec.limit.map_or(available, |limit| limit.min(available));
+    if windows == 0 {
+        bail!(
+            "the text has {} tokens, not enough for one window of {seq_len} (or the window \
+             limit is 0)",
+            ids.len()
+        );
+    }
+    let progress = progress_bar(windows)?;
+    let mut total_nll = 0.0;
+    for batch in ids[..windows * seq_len].chunks(spec.batch_size * seq_len) {
+        let rows = batch.len() / seq_len;
+        let input = Tensor::from_slice(batch, (rows, seq_len), model.device())?;
+        let logits = model.logits(&input)?;
+        for row in 0..rows {
+            total_nll += window_nll(&logits.get(row)?, &input.get(row)?)?;
+        }
+        progress.inc(rows as u64);
+    }
+    progress.finish_and_clear();
+    let tokens = windows * (seq_len - 1);
+    Ok((total_nll / tokens as f64, tokens, windows))
+}
+
+fn window_len(model: &dyn CausalLm, spec: &PerplexitySpec) -> usize {
+    spec.seq_len.min(model.max_positions())
+}
+
+/// Summed NLL of one window: position t's logits (seq, vocab) score token t+1. Log-softmax
+/// runs in f32 one window at a time, so at most one batch of logits plus one window's
+/// log-probabilities are alive.
+fn window_nll(logits: &Tensor, ids: &Tensor) -> Result<f64> {
+    let seq_len = ids.dim(0)?;
+    let log_probs = candle_nn::ops::log_softmax(
+        &logits.narrow(0, 0, seq_len - 1)?.to_dtype(DType::F32)?,
+        D::Minus1,
+    )?;
+    let targets = ids.narrow(0, 1, seq_len - 1)?.unsqueeze(1)?.contiguous()?;
+    let target_log_probs = log_probs
+        .gather(&targets, 1)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(-target_log_probs
+        .iter()
+        .map(|&lp| f64::from(lp))
+        .sum::<f64>())
+}
+
+fn progress_bar(windows: usize) -> Result<ProgressBar> {
+    let style = ProgressStyle::with_template(
+        "perplexity {bar:40} {pos}/{len} windows [{elapsed_precise}<{eta_precise}]",
+    )?;
+    Ok(ProgressBar::new(windows as u64).with_style(style))
+}
