@@ -1,0 +1,140 @@
+//! Block Influence and full GRASP runs against the PyTorch reference (`../shared/golden`).
+
+mod common;
+
+use std::path::Path;
+
+use candle_core::{DType, Device};
+use common::*;
+use grasp::data::calibration::Calibration;
+use grasp::grasp::attribution::Batches;
+use grasp::grasp::compress::{compress_layers, CompressOptions, Method};
+use grasp::grasp::influence::block_influence;
+use grasp::grasp::selection::{Metric, RankRule};
+use grasp::grasp::svd::SvdDtype;
+use grasp::model::llama::{Block, Projection};
+use indicatif::ProgressBar;
+
+fn golden_calibration(golden: &serde_json::Value) -> Calibration {
+    let windows: Vec<Vec<u32>> = golden["bi_windows"].as_array().unwrap().iter().map(u32s).collect();
+    Calibration {
+        seq_len: windows[0].len(),
+        total_tokens: windows.iter().map(Vec::len).sum(),
+        available_windows: windows.len(),
+        source: "golden bi_windows".into(),
+        windows,
+    }
+}
+
+fn check_block_influence(dir: &Path, golden_name: &str) {
+    let Some(golden) = golden(golden_name) else { return };
+    let model = load(dir, DType::F32).model;
+    let calib = golden_calibration(&golden);
+    let n = calib.windows.len() as f64;
+    for (angular, key) in [(false, "bi_cosine_sum"), (true, "bi_angular_sum")] {
+        let bi = block_influence(&model, &calib, 1, angular, 1, &ProgressBar::hidden()).unwrap();
+        let want: Vec<f64> = f64s(&golden[key]).iter().map(|s| s / n).collect();
+        let err = rel_err(&bi.scores, &want);
+        eprintln!("{golden_name} {key}: max relative error {err:.2e}");
+        for (got, want) in bi.scores.iter().zip(&want) {
+            assert!((got - want).abs() <= 1e-3 * want.abs(), "{key}: {got} vs {want}");
+        }
+    }
+}
+
+#[test]
+fn stories260k_block_influence_matches_the_reference() {
+    if let Some(dir) = stories_dir() {
+        check_block_influence(&dir, "stories260K.json");
+    }
+}
+
+#[test]
+fn smollm2_block_influence_matches_the_reference() {
+    if let Some(dir) = smollm2_dir() {
+        check_block_influence(&dir, "smollm2-135m.json");
+    }
+}
+
+/// Runs GRASP as the golden run did and compares layers, ranks, kept indices and dL/dS.
+fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
+    let (Some(run), Some(base)) = (golden(run_name), golden(windows_from)) else { return };
+    let mut model = load(dir, DType::F32).model;
+    let calib = golden_calibration(&base);
+    let n_prune = run["args"]["num_prune_layers"].as_u64().unwrap() as usize;
+    let bi = block_influence(&model, &calib, 1, false, 1, &ProgressBar::hidden()).unwrap();
+    let chosen = bi.redundant_layers(n_prune);
+    assert_eq!(chosen, usizes(&run["chosen_layers"]), "chosen layers");
+    let metric = if run_name.contains("gradient") { Metric::Gradient } else { Metric::Taylor };
+    let rule = match run_name.split_once("-thr") {
+        Some((_, t)) => RankRule::Threshold(t.trim_end_matches(".json").parse().unwrap()),
+        None => RankRule::Ratio(run_name.rsplit_once("-r").unwrap().1.trim_end_matches(".json").parse().unwrap()),
+    };
+    let opts = CompressOptions {
+        method: Method::Grasp,
+        metric,
+        rule,
+        mlp_targets: Projection::ALL.into_iter().filter(|p| p.block() == Block::Mlp).collect(),
+        attn_targets: Projection::ALL.into_iter().filter(|p| p.block() == Block::Attention).collect(),
+        svd_dtype: SvdDtype::F64,
+        input_cache_budget: usize::MAX,
+    };
+    let ids = calib.windows.iter().map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap()).collect();
+    let result = compress_layers(&mut model, &chosen, &Batches { ids }, &opts).unwrap();
+
+    let mut worst_grad = 0f64;
+    let mut boundary_swaps = 0;
+    for m in &result.modules {
+        let want = &run["modules"][&m.name];
+        assert!(!want.is_null(), "{} is not in the golden run", m.name);
+        let grad_err = rel_err(&m.grad, &f64s(&want["grad"]));
+        eprintln!("{}: k {}, dL/dS relative error {grad_err:.2e}", m.name, m.k);
+        assert_eq!(m.k, want["k"].as_u64().unwrap() as usize, "{}: k", m.name);
+        let s_err = rel_err(&m.singular_values, &f64s(&want["S"]));
+        assert!(s_err < 1e-4, "{}: singular values differ by {s_err:.2e}", m.name);
+        assert!(grad_err < 1e-3, "{}: dL/dS differs by {grad_err:.2e} relative", m.name);
+        worst_grad = worst_grad.max(grad_err);
+        let want_kept = usizes(&want["kept_indices"]);
+        if m.kept_indices != want_kept {
+            let gap = want["boundary_rel_gap"].as_f64().unwrap();
+            let differ = m.kept_indices.iter().filter(|i| !want_kept.contains(i)).count();
+            assert!(gap < 1e-3 && differ <= 1, "{}: kept indices differ ({differ}) with boundary gap {gap:.2e}", m.name);
+            boundary_swaps += 1;
+        }
+    }
+    assert_eq!(result.modules.len(), run["modules"].as_object().unwrap().len());
+    for (block, want) in result.blocks.iter().zip(run["blocks"].as_array().unwrap()) {
+        let want_loss = want["calib_loss_mean"].as_f64().unwrap();
+        let got = block.calib_loss_mean.unwrap();
+        assert!((got - want_loss).abs() < 1e-3 * want_loss, "layer {} {}: calibration loss {got} vs {want_loss}", block.layer, block.block);
+    }
+    eprintln!("{run_name}: {} modules, worst dL/dS relative error {worst_grad:.2e}, boundary swaps {boundary_swaps}", result.modules.len());
+}
+
+#[test]
+fn stories260k_grasp_taylor_ratio_matches_the_reference() {
+    if let Some(dir) = stories_dir() {
+        check_grasp_run(&dir, "stories260K-grasp-taylor-n2-r0.5.json", "stories260K.json");
+    }
+}
+
+#[test]
+fn stories260k_grasp_gradient_ratio_matches_the_reference() {
+    if let Some(dir) = stories_dir() {
+        check_grasp_run(&dir, "stories260K-grasp-gradient-n2-r0.5.json", "stories260K.json");
+    }
+}
+
+#[test]
+fn stories260k_grasp_taylor_threshold_matches_the_reference() {
+    if let Some(dir) = stories_dir() {
+        check_grasp_run(&dir, "stories260K-grasp-taylor-n2-thr0.8.json", "stories260K.json");
+    }
+}
+
+#[test]
+fn smollm2_grasp_taylor_ratio_matches_the_reference() {
+    if let Some(dir) = smollm2_dir() {
+        check_grasp_run(&dir, "smollm2-135m-grasp-taylor-n4-r0.5.json", "smollm2-135m.json");
+    }
+}
