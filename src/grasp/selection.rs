@@ -120,7 +120,7 @@ mod tests {
         assert_eq!(rank_for_ratio(172, 64, 0.5), 23);
         assert_eq!(rank_for_ratio(4096, 4096, 0.7), 614);
         assert_eq!(rank_for_ratio(4, 4, 0.999), 1);
-        assert_eq!(rank_for_ratio(4, 100, 0.0001), 4);
+        assert_eq!(rank_for_ratio(4, 100, 0.0001), 3);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! `tokenizer.json` and `tokenizer_config.json`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
@@ -14,6 +14,7 @@ use serde_json::{json, Value as Json};
 use tokenizers::Tokenizer;
 
 use crate::io::gguf_tokenizer::GgufVocab;
+use crate::io::staging::{self, write_json, write_safetensors, Staging};
 use crate::runtime;
 
 /// What [`convert_gguf`] wrote.
@@ -58,7 +59,7 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: DType, force: bool) -> Resul
 
     let staging = Staging::beside(out)?;
     write_checkpoint(
-        &staging.dir,
+        staging.dir(),
         &config_json(&hparams, &vocab, &weights, dtype),
         &vocab.tokenizer_config(hparams.context_length),
         &tokenizer,
@@ -442,33 +443,17 @@ fn write_checkpoint(
     tokenizer: &Tokenizer,
     tensors: &[(String, Tensor)],
 ) -> Result<()> {
-    let config_path = dir.join("config.json");
-    write_json(&config_path, config)?;
+    write_json(&dir.join("config.json"), config)?;
     write_json(&dir.join("tokenizer_config.json"), tokenizer_config)?;
     let tokenizer_path = dir.join("tokenizer.json");
     tokenizer
         .save(&tokenizer_path, true)
         .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tokenizer_path.display()))?;
-    let weights_path = dir.join("model.safetensors");
-    // The metadata transformers' save_pretrained writes, so the file can be byte-identical to
-    // transformers' own conversion.
-    let format = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(
-        tensors.iter().map(|(n, t)| (n, t)),
-        Some(format),
-        &weights_path,
+    // With transformers' metadata the file is byte-identical to transformers' own conversion.
+    write_safetensors(
+        &dir.join("model.safetensors"),
+        tensors.iter().map(|(n, t)| (n.as_str(), t)),
     )
-    .with_context(|| format!("cannot write {}", weights_path.display()))?;
-    // safetensors writes through a private (0600) temporary file; give the weights the
-    // permissions of the other files, which follow the umask.
-    let permissions = fs::metadata(&config_path)?.permissions();
-    fs::set_permissions(&weights_path, permissions)
-        .with_context(|| format!("cannot set the permissions of {}", weights_path.display()))
-}
-
-fn write_json(path: &Path, value: &Json) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Fails early when `out` may not be (re)written.
@@ -476,17 +461,9 @@ fn check_output(gguf: &Path, out: &Path, force: bool) -> Result<()> {
     if !gguf.is_file() {
         bail!("--gguf {}: no such file", gguf.display());
     }
+    staging::check_output(out, force).map_err(|e| anyhow::anyhow!("--out {e}"))?;
     if !out.exists() {
         return Ok(());
-    }
-    if !force {
-        bail!(
-            "--out {} already exists (pass --force to replace it)",
-            out.display()
-        );
-    }
-    if !out.is_dir() {
-        bail!("--out {} exists and is not a directory", out.display());
     }
     let input = gguf.canonicalize()?;
     if input.starts_with(out.canonicalize()?) {
@@ -497,75 +474,4 @@ fn check_output(gguf: &Path, out: &Path, force: bool) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A scratch directory beside the output, removed unless committed, so that a failed or
-/// interrupted conversion never leaves a half-written checkpoint at the output path.
-struct Staging {
-    dir: PathBuf,
-    committed: bool,
-}
-
-impl Staging {
-    fn beside(out: &Path) -> Result<Self> {
-        let dir = sibling(out, "tmp")?;
-        if let Some(parent) = dir.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        if dir.exists() {
-            fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove the stale {}", dir.display()))?;
-        }
-        fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        Ok(Self {
-            dir,
-            committed: false,
-        })
-    }
-
-    /// Moves the finished directory to `out`, replacing an existing one when `force`.
-    fn commit(mut self, out: &Path, force: bool) -> Result<()> {
-        if out.exists() {
-            if !force {
-                bail!(
-                    "--out {} appeared during the conversion (pass --force to replace it)",
-                    out.display()
-                );
-            }
-            let old = sibling(out, "old")?;
-            fs::rename(out, &old)
-                .with_context(|| format!("cannot move the old {} aside", out.display()))?;
-            if let Err(e) = fs::rename(&self.dir, out) {
-                // Put the previous output back rather than leave none.
-                let _ = fs::rename(&old, out);
-                return Err(e)
-                    .with_context(|| format!("cannot move the result to {}", out.display()));
-            }
-            fs::remove_dir_all(&old)
-                .with_context(|| format!("cannot remove the old output {}", old.display()))?;
-        } else {
-            fs::rename(&self.dir, out)
-                .with_context(|| format!("cannot move the result to {}", out.display()))?;
-        }
-        self.committed = true;
-        Ok(())
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = fs::remove_dir_all(&self.dir);
-        }
-    }
-}
-
-/// `.{name}.{tag}-{pid}` in the directory of `out`: same file system, so renames are atomic.
-fn sibling(out: &Path, tag: &str) -> Result<PathBuf> {
-    let name = out
-        .file_name()
-        .with_context(|| format!("--out {} does not name a directory", out.display()))?;
-    let hidden = format!(".{}.{tag}-{}", name.to_string_lossy(), std::process::id());
-    Ok(out.with_file_name(hidden))
 }

@@ -4,3 +4,4 @@ pub mod convert;
 pub mod gguf_tokenizer;
 pub mod load;
 pub mod save;
+pub mod staging;

@@ -1,13 +1,13 @@
-//! Writing a (compressed) model as a Hugging Face directory, atomically: everything goes into
-//! a temporary directory beside the target, which is renamed into place only when complete.
+//! Writing a (compressed) model as a Hugging Face directory (atomically, through [`Staging`]).
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 use super::load::ModelFiles;
+pub use super::staging::{check_output, write_json};
+use super::staging::{write_safetensors, Staging};
 use crate::model::config::GraspSection;
 use crate::model::linear::Linear;
 use crate::model::llama::Projection;
@@ -26,31 +26,6 @@ pub enum OutputForm {
 /// Shards are cut above this many bytes, as transformers does by default.
 const SHARD_BYTES: usize = 5_000_000_000;
 
-/// Refuses to overwrite an existing output unless `force` (call before long work, too).
-pub fn check_output(out: &Path, force: bool) -> Result<()> {
-    if out.exists() && !force {
-        bail!(
-            "{} already exists (use --force to replace it)",
-            out.display()
-        );
-    }
-    Ok(())
-}
-
-/// Removes the temporary directory unless the save completed.
-struct TempDir {
-    path: PathBuf,
-    keep: bool,
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !self.keep {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 /// Writes `model` to `out` in `dtype` with the tokenizer files of `source`.
 /// Returns the bytes of weights written.
 pub fn save_model(
@@ -62,28 +37,9 @@ pub fn save_model(
     force: bool,
 ) -> Result<u64> {
     check_output(out, force)?;
-    let parent = out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = out
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    let tmp = TempDir {
-        path: parent.join(format!(".{name}.tmp-{}", std::process::id())),
-        keep: false,
-    };
-    if tmp.path.exists() {
-        std::fs::remove_dir_all(&tmp.path)?;
-    }
-    std::fs::create_dir(&tmp.path)
-        .with_context(|| format!("cannot create {}", tmp.path.display()))?;
-
+    let staging = Staging::beside(out)?;
     let (tensors, ranks) = checkpoint_tensors(model, form, dtype)?;
-    let bytes = write_weights(&tensors, &tmp.path)?;
+    let bytes = write_weights(&tensors, staging.dir())?;
     let mut config = model.config.clone();
     config.grasp = (!ranks.is_empty()).then(|| GraspSection { ranks });
     let mut json = config.to_json();
@@ -91,40 +47,15 @@ pub fn save_model(
         map.insert("torch_dtype".into(), runtime::dtype_name(dtype).into());
         map.remove("dtype");
     }
-    write_json(&tmp.path.join("config.json"), &json)?;
+    write_json(&staging.dir().join("config.json"), &json)?;
     for file in std::iter::once(&source.tokenizer).chain(&source.extras) {
-        let dest = tmp
-            .path
+        let dest = staging
+            .dir()
             .join(file.file_name().context("tokenizer file without a name")?);
         std::fs::copy(file, &dest).with_context(|| format!("cannot copy {}", file.display()))?;
     }
-    replace_dir(&tmp.path, out)?;
-    let mut tmp = tmp;
-    tmp.keep = true;
+    staging.commit(out, force)?;
     Ok(bytes)
-}
-
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
-}
-
-/// Moves the finished directory into place; an existing target (only reached with --force) is
-/// removed after the new one has been renamed beside it.
-fn replace_dir(tmp: &Path, out: &Path) -> Result<()> {
-    if out.exists() {
-        let old = tmp.with_extension("old");
-        std::fs::rename(out, &old)
-            .with_context(|| format!("cannot move {} aside", out.display()))?;
-        std::fs::rename(tmp, out)
-            .with_context(|| format!("cannot rename into {}", out.display()))?;
-        std::fs::remove_dir_all(&old)
-            .with_context(|| format!("cannot remove {}", old.display()))?;
-    } else {
-        std::fs::rename(tmp, out)
-            .with_context(|| format!("cannot rename into {}", out.display()))?;
-    }
-    Ok(())
 }
 
 type Tensors = Vec<(String, Tensor)>;
@@ -213,14 +144,7 @@ fn write_weights(tensors: &Tensors, dir: &Path) -> Result<u64> {
         for (k, _) in shard {
             weight_map.insert(k.clone(), file.clone().into());
         }
-        // transformers refuses safetensors files whose metadata lacks format=pt.
-        let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-        safetensors::serialize_to_file(
-            shard.iter().map(|(k, t)| (k.as_str(), t)),
-            Some(metadata),
-            &dir.join(&file),
-        )
-        .with_context(|| format!("cannot write {file}"))?;
+        write_safetensors(&dir.join(&file), shard.iter().map(|(k, t)| (k.as_str(), t)))?;
     }
     if count > 1 {
         let index =
