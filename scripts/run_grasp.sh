@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Compresses MODEL_NAME_OR_PATH with GRASP into SAVE_PATH (see scripts/params_script.sh for the
+# variables; any of them can be overridden from the environment). Extra arguments are passed on
+# to `grasp compress`, e.g. `scripts/run_grasp.sh --svd-dtype f32`.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/params_script.sh
+
+GRASP=target/release/grasp
+if [[ ! -x "$GRASP" ]]; then
+    echo "error: $GRASP not found; build it first with: cargo build --release" >&2
+    exit 1
+fi
+
+args=(compress --model "$MODEL_NAME_OR_PATH" --dataset "$DATASET_NAME"
+    --num-samples "$NUM_SAMPLES" --seq-len "$SEQ_LEN" --batch-size "$BATCH_SIZE" --seed "$SEED"
+    --method "$METHOD" --metric "$METRIC" --ratio "$COMPRESSION_RATIO"
+    --mlp-targets "$MLP_TARGET_LAYER_TYPES" --attn-targets "$ATTN_TARGET_LAYER_TYPES"
+    --device "$DEVICE" --out "$SAVE_PATH")
+if [[ -n "$LAYERS_ID" ]]; then
+    args+=(--layers "$LAYERS_ID")
+else
+    args+=(--num-prune-layers "$NUM_PRUNE_LAYERS")
+fi
+[[ -d "$DATA_DIR" ]] && args+=(--data-dir "$DATA_DIR")
+[[ -n "$THRESHOLD_RATIO" ]] && args+=(--threshold-ratio "$THRESHOLD_RATIO")
+[[ -n "$DTYPE" ]] && args+=(--dtype "$DTYPE")
+[[ -n "$LOG_FILE" ]] && args+=(--log-file "$LOG_FILE")
+[[ "$ANGULAR" == true ]] && args+=(--angular)
+[[ "$MERGE" == true ]] && args+=(--merge)
+[[ "$FORCE" == true ]] && args+=(--force)
+[[ "$VERBOSE" == true ]] && args+=(--verbose)
+
+set -x
+"$GRASP" "${args[@]}" "$@"
