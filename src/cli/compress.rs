@@ -198,7 +198,8 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let compression = compress_layers(&mut model, &chosen, &batches, &opts)?;
     for b in &compression.blocks {
         let loss = b.calib_loss_mean.map(|l| format!(", calibration loss {l:.4}")).unwrap_or_default();
-        log.info(format!("layer {:>3} {:<9} svd {:.1}s, gradients {:.1}s{loss}", b.layer, b.block, b.svd_seconds, b.gradient_seconds));
+        let rate = if b.gradient_seconds > 0.0 { format!(" ({:.1} GFLOP/s)", b.gradient_gflop / b.gradient_seconds) } else { String::new() };
+        log.info(format!("layer {:>3} {:<9} svd {:.1}s, gradients {:.1}s{rate}{loss}", b.layer, b.block, b.svd_seconds, b.gradient_seconds));
     }
     for m in &compression.modules {
         log.detail(format!("  {} {}x{} rank {} -> {} (importance kept {:.3})", m.name, m.out_features, m.in_features, m.full_rank, m.k, m.retained_importance_fraction));

@@ -68,6 +68,9 @@ pub struct BlockReport {
     pub calib_loss_mean: Option<f64>,
     pub svd_seconds: f64,
     pub gradient_seconds: f64,
+    /// Matrix FLOPs of the gradient pass: forward plus an input-only backward (twice the
+    /// forward), the least any implementation must do; divided by the time, a rate to compare.
+    pub gradient_gflop: f64,
     pub select_seconds: f64,
 }
 
@@ -157,6 +160,14 @@ fn compress_block(model: &mut Llama, layer: usize, block: Block, targets: &[Proj
         (None, None)
     };
     let gradient_seconds = t.elapsed().as_secs_f64();
+    let gradient_gflop = match grads {
+        Some(_) => {
+            let tokens: usize = batches.ids.iter().map(|t| t.elem_count()).sum();
+            let seq_len = batches.ids.first().map_or(0, |t| t.dims()[1]);
+            2.0 * model.forward_flops(layer, tokens, seq_len) / 1e9
+        }
+        None => 0.0,
+    };
 
     let t = Instant::now();
     let mut modules = Vec::with_capacity(targets.len());
@@ -206,6 +217,7 @@ fn compress_block(model: &mut Llama, layer: usize, block: Block, targets: &[Proj
         calib_loss_mean,
         svd_seconds,
         gradient_seconds,
+        gradient_gflop,
         select_seconds: t.elapsed().as_secs_f64(),
     };
     Ok((modules, report))

@@ -382,12 +382,7 @@ impl Llama {
     pub fn head(&self, hidden: &Tensor) -> Result<Tensor> {
         let normed = self.final_norm(hidden)?;
         let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let (b, t, h) = normed.dims3()?;
-        normed
-            .reshape((b * t, h))?
-            .matmul(&w.t()?)?
-            .reshape((b, t, ()))
-            .and_then(|l| ops::at_least_f32(&l))
+        ops::at_least_f32(&ops::matmul_t(&normed, w)?)
     }
 
     /// Logits for every position of a (batch, seq) batch of ids.
@@ -425,6 +420,21 @@ impl Llama {
         self.config.num_hidden_layers = self.layers.len();
     }
 
+    /// Matrix-multiply FLOPs of a forward pass over `tokens` tokens in windows of `seq_len`,
+    /// from layer `start` through the LM head (projections, attention scores and values, head).
+    pub fn forward_flops(&self, start: usize, tokens: usize, seq_len: usize) -> f64 {
+        let q_dim = (self.config.num_attention_heads * self.config.head_dim) as f64;
+        let per_token: f64 = self.layers[start..]
+            .iter()
+            .map(|l| {
+                let weights: usize = Projection::ALL.iter().map(|p| l.projection(*p).num_params()).sum();
+                2.0 * weights as f64 + 4.0 * seq_len as f64 * q_dim
+            })
+            .sum::<f64>()
+            + 2.0 * (self.config.vocab_size * self.config.hidden_size) as f64;
+        per_token * tokens as f64
+    }
+
     pub fn num_params(&self) -> usize {
         self.embed_tokens.elem_count()
             + self.layers.iter().map(DecoderLayer::num_params).sum::<usize>()
@@ -436,10 +446,19 @@ impl Llama {
 /// Mean next-token cross-entropy of `logits` (batch, seq, vocab) for `ids` (batch, seq):
 /// position t predicts token t+1.
 pub fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (b, t, v) = logits.dims3()?;
-    let pred = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    let target = ids.narrow(1, 1, t - 1)?.flatten_all()?;
-    candle_nn::loss::cross_entropy(&ops::at_least_f32(&pred)?, &target)
+    let (b, t, _) = logits.dims3()?;
+    if t < 2 {
+        candle_core::bail!("next_token_loss needs at least 2 positions, got {t}");
+    }
+    // Every position is scored against the ids rolled left by one, the last (which has no
+    // next token) with weight 0: narrowing the logits instead would make the backward pad a
+    // (batch, seq, vocab) gradient.
+    let targets = Tensor::cat(&[ids.narrow(1, 1, t - 1)?, ids.narrow(1, 0, 1)?], 1)?;
+    let scored = 1.0 / (b * (t - 1)) as f64;
+    let weights: Vec<f64> = (0..b * t).map(|i| if i % t == t - 1 { 0.0 } else { scored }).collect();
+    let logits = ops::at_least_f32(logits)?;
+    let weights = Tensor::from_vec(weights, (b, t), logits.device())?.to_dtype(logits.dtype())?;
+    ops::weighted_cross_entropy(&logits, &targets, &weights)
 }
 
 impl crate::eval::CausalLm for Llama {
