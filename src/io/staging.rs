@@ -1,10 +1,12 @@
 //! Writing a checkpoint directory atomically: everything goes into a scratch directory beside
 //! the output, which is renamed into place only when complete, so a failure or an interrupt
-//! never leaves a half-written checkpoint at the output path.
+//! never leaves a half-written checkpoint at the output path. Ctrl-C removes the scratch
+//! directories too (destructors do not run when a signal ends the process).
 
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, Once};
 
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
@@ -21,6 +23,35 @@ pub fn check_output(out: &Path, force: bool) -> Result<()> {
         bail!("{} exists and is not a directory", out.display());
     }
     Ok(())
+}
+
+/// Scratch directories in use, for the Ctrl-C handler.
+static ACTIVE: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn remove_on_interrupt(dir: &Path) {
+    static HANDLER: Once = Once::new();
+    HANDLER.call_once(|| {
+        // Without a handler, Ctrl-C ends the process with its default action; failing to
+        // install one only means a stale scratch directory may be left, which is harmless.
+        let _ = ctrlc::set_handler(|| {
+            if let Ok(dirs) = ACTIVE.lock() {
+                for d in dirs.iter() {
+                    let _ = fs::remove_dir_all(d);
+                }
+            }
+            eprintln!("interrupted: nothing was written");
+            std::process::exit(130);
+        });
+    });
+    if let Ok(mut dirs) = ACTIVE.lock() {
+        dirs.push(dir.to_path_buf());
+    }
+}
+
+fn forget(dir: &Path) {
+    if let Ok(mut dirs) = ACTIVE.lock() {
+        dirs.retain(|d| d != dir);
+    }
 }
 
 /// A scratch directory beside the output, removed unless committed.
@@ -41,6 +72,7 @@ impl Staging {
                 .with_context(|| format!("cannot remove the stale {}", dir.display()))?;
         }
         fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        remove_on_interrupt(&dir);
         Ok(Self { dir, committed: false })
     }
 
@@ -76,6 +108,7 @@ impl Staging {
 
 impl Drop for Staging {
     fn drop(&mut self) {
+        forget(&self.dir);
         if !self.committed {
             let _ = fs::remove_dir_all(&self.dir);
         }
