@@ -25,24 +25,8 @@ pub fn thin_svd(weight: &Tensor, precision: SvdDtype) -> Result<ThinSvd> {
     let (out, inp) = weight.dims2()?;
     let host = weight.to_device(&Device::Cpu)?;
     let (u, s, vh) = match precision {
-        SvdDtype::F32 => {
-            let w: Vec<f32> = host.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-            let (u, s, vh) = faer_svd(&w, out, inp)?;
-            (
-                Tensor::from_vec(u, (out, s.len()), &Device::Cpu)?,
-                Tensor::new(s.as_slice(), &Device::Cpu)?,
-                Tensor::from_vec(vh, (s.len(), inp), &Device::Cpu)?,
-            )
-        }
-        SvdDtype::F64 => {
-            let w: Vec<f64> = host.to_dtype(DType::F64)?.flatten_all()?.to_vec1()?;
-            let (u, s, vh) = faer_svd(&w, out, inp)?;
-            (
-                Tensor::from_vec(u, (out, s.len()), &Device::Cpu)?,
-                Tensor::new(s.as_slice(), &Device::Cpu)?,
-                Tensor::from_vec(vh, (s.len(), inp), &Device::Cpu)?,
-            )
-        }
+        SvdDtype::F32 => decompose::<f32>(&host, out, inp)?,
+        SvdDtype::F64 => decompose::<f64>(&host, out, inp)?,
     };
     let device = weight.device();
     let dtype = weight.dtype();
@@ -51,6 +35,21 @@ pub fn thin_svd(weight: &Tensor, precision: SvdDtype) -> Result<ThinSvd> {
         s: s.to_dtype(if dtype == DType::F64 { DType::F64 } else { DType::F32 })?.to_device(device)?,
         vh: vh.to_dtype(dtype)?.to_device(device)?,
     })
+}
+
+/// The SVD of a (rows, cols) CPU tensor computed in `T`, as CPU tensors in `T`.
+fn decompose<T>(host: &Tensor, rows: usize, cols: usize) -> Result<(Tensor, Tensor, Tensor)>
+where
+    T: faer::traits::RealField + Copy + candle_core::WithDType,
+{
+    let w: Vec<T> = host.to_dtype(T::DTYPE)?.flatten_all()?.to_vec1()?;
+    let (u, s, vh) = faer_svd(&w, rows, cols)?;
+    let r = s.len();
+    Ok((
+        Tensor::from_vec(u, (rows, r), &Device::Cpu)?,
+        Tensor::from_vec(s, r, &Device::Cpu)?,
+        Tensor::from_vec(vh, (r, cols), &Device::Cpu)?,
+    ))
 }
 
 /// Row-major (rows, cols) matrix → row-major U (rows, r), S (r), Vh (r, cols).
