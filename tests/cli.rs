@@ -437,14 +437,14 @@ fn bad_input_is_refused_with_one_line_naming_the_problem() {
             "foo_proj",
         ),
         (vec!["--layers", "7"], "layer 7"),
-        // Later flags override the base ones: 8 windows of 100000 tokens is more than there is.
+        // Later flags override the base ones: 100000 windows of 512 tokens is more than there is.
         (
-            [&prune2[..], &["--seq-len", "100000", "--num-samples", "8"]].concat(),
+            [&prune2[..], &["--seq-len", "512", "--num-samples", "100000"]].concat(),
             "720655 tokens",
         ),
         (
             [&prune2[..], &["--seq-len", "100000"]].concat(),
-            "max_position_embeddings 512",
+            "--seq-len 100000 exceeds the model's max_position_embeddings 512",
         ),
     ];
     let mut failures = Vec::new();

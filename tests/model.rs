@@ -87,7 +87,7 @@ fn singular_value_gradients_match_finite_differences() {
         let g: Vec<f64> = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {p:?}")).to_vec1().unwrap();
         let s0: Vec<f64> = var.as_tensor().to_vec1().unwrap();
         for i in [0, s0.len() / 2, s0.len() - 1] {
-            let mut eval = |delta: f64| {
+            let eval = |delta: f64| {
                 let mut s = s0.clone();
                 s[i] += delta;
                 var.set(&Tensor::new(s.as_slice(), &Device::Cpu).unwrap()).unwrap();

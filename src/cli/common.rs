@@ -48,10 +48,14 @@ pub struct CalibrationArgs {
 }
 
 impl CalibrationArgs {
-    pub fn load(&self, tokenizer: &tokenizers::Tokenizer) -> anyhow::Result<crate::data::calibration::Calibration> {
+    /// Checks the flags against the model (`max_positions`) before tokenizing anything.
+    pub fn load(&self, tokenizer: &tokenizers::Tokenizer, max_positions: usize) -> anyhow::Result<crate::data::calibration::Calibration> {
         use crate::data::calibration::{load_calibration, CalibrationSpec};
         if self.batch_size == 0 {
             anyhow::bail!("--batch-size must be at least 1");
+        }
+        if self.seq_len > max_positions {
+            anyhow::bail!("--seq-len {} exceeds the model's max_position_embeddings {max_positions}", self.seq_len);
         }
         let spec = CalibrationSpec {
             corpus: crate::data::corpus::Corpus::parse(&self.dataset)?,

@@ -16,7 +16,7 @@ use crate::grasp::influence::block_influence;
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
 use crate::io::load::load_model;
-use crate::io::save::{check_output, save_model, OutputForm};
+use crate::io::save::{check_output, save_model, write_json, OutputForm};
 use crate::model::llama::{Block, Projection};
 use crate::runtime;
 
@@ -157,7 +157,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let load_s = start.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let calib = args.calibration.load(&loaded.tokenizer)?;
+    let calib = args.calibration.load(&loaded.tokenizer, model.config.max_position_embeddings)?;
     log.info(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seq_len, calib.source));
     let batches = to_batches(&calib, args.calibration.batch_size, model.device())?;
     let calibration_s = t.elapsed().as_secs_f64();
@@ -229,17 +229,29 @@ pub fn run(args: CompressArgs) -> Result<()> {
         "output_form": if args.merge { "merged" } else { "factorized" },
     });
     let spinner = runtime::spinner(format!("writing {}", out.display()));
-    let bytes = save_model(&model, &loaded.files, &out, form, out_dtype, args.force)?;
-    let save_s = t.elapsed().as_secs_f64();
+    let mut weights_bytes = 0;
+    let mut timings = None;
+    save_model(&model, &loaded.files, &out, form, out_dtype, args.force, |dir, bytes| {
+        let t = Timings {
+            load_s,
+            calibration_s,
+            block_influence_s,
+            compress_s,
+            save_s: t.elapsed().as_secs_f64(),
+            total_s: start.elapsed().as_secs_f64(),
+        };
+        report["timings_s"] = serde_json::to_value(&t)?;
+        report["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
+        report["weights_bytes"] = bytes.into();
+        weights_bytes = bytes;
+        timings = Some(t);
+        write_json(&dir.join("grasp_report.json"), &report)
+    })?;
     spinner.finish_and_clear();
-    let timings = Timings { load_s, calibration_s, block_influence_s, compress_s, save_s, total_s: start.elapsed().as_secs_f64() };
-    report["timings_s"] = serde_json::to_value(&timings)?;
-    report["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
-    report["weights_bytes"] = bytes.into();
-    crate::io::save::write_json(&out.join("grasp_report.json"), &report).context("cannot write the report")?;
+    let timings = timings.context("the checkpoint was written without its report")?;
 
     print_summary(&compression, &chosen, params_before, params_after, &timings, &out);
-    log.info(format!("wrote {} ({:.1} MB of weights)", out.display(), bytes as f64 / 1e6));
+    log.info(format!("wrote {} ({:.1} MB of weights)", out.display(), weights_bytes as f64 / 1e6));
     Ok(())
 }
 

@@ -32,7 +32,7 @@ pub fn run(args: LayersArgs) -> Result<()> {
     let loaded = load_model(&args.model)?;
     let n_layers = loaded.model.num_layers();
     check_num_prune_layers(args.num_prune_layers, n_layers)?;
-    let calib = args.calibration.load(&loaded.tokenizer)?;
+    let calib = args.calibration.load(&loaded.tokenizer, loaded.model.config.max_position_embeddings)?;
     let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
     let span = if args.angular { args.num_prune_layers } else { 1 };
     let bi = block_influence(&loaded.model, &calib, args.calibration.batch_size, args.angular, span, &bar)?;

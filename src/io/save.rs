@@ -26,8 +26,9 @@ pub enum OutputForm {
 /// Shards are cut above this many bytes, as transformers does by default.
 const SHARD_BYTES: usize = 5_000_000_000;
 
-/// Writes `model` to `out` in `dtype` with the tokenizer files of `source`.
-/// Returns the bytes of weights written.
+/// Writes `model` to `out` in `dtype` with the tokenizer files of `source`. `finish` is called
+/// with the scratch directory and the bytes of weights written, before the directory is moved
+/// into place, to add files of its own (a report) that must not be missing from the output.
 pub fn save_model(
     model: &Llama,
     source: &ModelFiles,
@@ -35,13 +36,14 @@ pub fn save_model(
     form: OutputForm,
     dtype: DType,
     force: bool,
-) -> Result<u64> {
+    finish: impl FnOnce(&Path, u64) -> Result<()>,
+) -> Result<()> {
     check_output(out, force)?;
     let staging = Staging::beside(out)?;
     let (tensors, ranks) = checkpoint_tensors(model, form, dtype)?;
     let bytes = write_weights(&tensors, staging.dir())?;
     let mut config = model.config.clone();
-    config.grasp = (!ranks.is_empty()).then(|| GraspSection { ranks });
+    config.grasp = (!ranks.is_empty()).then_some(GraspSection { ranks });
     let mut json = config.to_json();
     if let Some(map) = json.as_object_mut() {
         map.insert("torch_dtype".into(), runtime::dtype_name(dtype).into());
@@ -54,8 +56,8 @@ pub fn save_model(
             .join(file.file_name().context("tokenizer file without a name")?);
         std::fs::copy(file, &dest).with_context(|| format!("cannot copy {}", file.display()))?;
     }
-    staging.commit(out, force)?;
-    Ok(bytes)
+    finish(staging.dir(), bytes)?;
+    staging.commit(out, force)
 }
 
 type Tensors = Vec<(String, Tensor)>;

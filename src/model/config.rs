@@ -104,7 +104,7 @@ impl LlamaConfig {
         }
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
             bail!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}");
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
