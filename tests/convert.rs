@@ -1,79 +1,24 @@
 //! `grasp convert` against transformers' own conversions of the same GGUF files
 //! (../shared/models/*-hf, *-ref and the golden token ids).
 
+mod common;
+
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::{max_abs_diff, shared_dir, smollm2_dir, u32s, TempDir};
 use grasp::io::convert::{convert_gguf, ConvertSummary};
 use serde_json::Value;
 use tokenizers::Tokenizer;
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn shared_dir() -> Option<PathBuf> {
-    let dir = repo_root().join("../shared");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: {} is absent", dir.display());
-        None
-    }
-}
-
-/// The SmolLM2 directory made by scripts/fetch_test_model.sh (or $GRASP_SMOLLM2_DIR).
-fn smollm2_dir() -> Option<PathBuf> {
-    let dir = std::env::var_os("GRASP_SMOLLM2_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo_root().join("models/smollm2-135m"));
-    if dir.join("config.json").is_file() {
-        Some(dir)
-    } else {
-        eprintln!(
-            "skipping: {} has no config.json (run scripts/fetch_test_model.sh)",
-            dir.display()
-        );
-        None
-    }
-}
-
-/// A fresh directory under the system temp dir, removed with everything in it on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(test: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("grasp-convert-{}-{test}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        Self(dir)
-    }
-
-    /// Names in the scratch directory, hidden ones (staging directories) included.
-    fn entries(&self) -> Vec<String> {
-        let mut names: Vec<String> = fs::read_dir(&self.0)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn stories_gguf(shared: &Path) -> PathBuf {
     shared.join("models/stories260K-gguf/tinyllamas-stories-260k-f32.gguf")
 }
 
-fn convert_stories(shared: &Path, scratch: &Scratch, dtype: DType) -> (PathBuf, ConvertSummary) {
-    let out = scratch.0.join("stories260K");
+fn convert_stories(shared: &Path, scratch: &TempDir, dtype: DType) -> (PathBuf, ConvertSummary) {
+    let out = scratch.join("stories260K");
     let summary = convert_gguf(&stories_gguf(shared), &out, dtype, false).unwrap();
     (out, summary)
 }
@@ -90,21 +35,6 @@ fn sorted_names(tensors: &HashMap<String, Tensor>) -> Vec<&String> {
     let mut names: Vec<&String> = tensors.keys().collect();
     names.sort();
     names
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// The fields of `reference` (but `ignored`) must have the same value in `converted`.
@@ -137,15 +67,7 @@ fn golden_texts(shared: &Path, model: &str) -> Vec<(String, Vec<u32>)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|t| {
-            let ids = t["ids"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|id| id.as_u64().unwrap() as u32)
-                .collect();
-            (t["text"].as_str().unwrap().to_string(), ids)
-        })
+        .map(|t| (t["text"].as_str().unwrap().to_string(), u32s(&t["ids"])))
         .collect()
 }
 
@@ -171,7 +93,7 @@ fn assert_tokenizes_like(converted: &Tokenizer, reference: &Tokenizer, text: &st
 #[test]
 fn stories_weights_equal_the_reference_checkpoint() {
     let Some(shared) = shared_dir() else { return };
-    let scratch = Scratch::new("weights");
+    let scratch = TempDir::new("convert-weights");
     let (out, summary) = convert_stories(&shared, &scratch, DType::F32);
     let converted = load_tensors(&out.join("model.safetensors"));
     let reference = load_tensors(&shared.join("models/stories260K-hf/model.safetensors"));
@@ -196,7 +118,7 @@ fn stories_weights_equal_the_reference_checkpoint() {
 #[test]
 fn stories_converts_to_half_precision() {
     let Some(shared) = shared_dir() else { return };
-    let scratch = Scratch::new("bf16");
+    let scratch = TempDir::new("convert-bf16");
     let (out, _) = convert_stories(&shared, &scratch, DType::BF16);
     let converted = load_tensors(&out.join("model.safetensors"));
     let reference = load_tensors(&shared.join("models/stories260K-hf/model.safetensors"));
@@ -213,7 +135,7 @@ fn stories_converts_to_half_precision() {
 #[test]
 fn stories_config_matches_the_reference() {
     let Some(shared) = shared_dir() else { return };
-    let scratch = Scratch::new("config");
+    let scratch = TempDir::new("convert-config");
     let (out, _) = convert_stories(&shared, &scratch, DType::F32);
     let config = read_json(&out.join("config.json"));
     let reference = read_json(&shared.join("models/stories260K-hf/config.json"));
@@ -227,7 +149,7 @@ fn stories_config_matches_the_reference() {
 #[test]
 fn stories_tokenizer_matches_the_reference() {
     let Some(shared) = shared_dir() else { return };
-    let scratch = Scratch::new("tokenizer");
+    let scratch = TempDir::new("convert-tokenizer");
     let (out, _) = convert_stories(&shared, &scratch, DType::F32);
     let converted_path = out.join("tokenizer.json");
     let reference_path = shared.join("models/stories260K-hf/tokenizer.json");
@@ -252,8 +174,8 @@ fn stories_tokenizer_matches_the_reference() {
 #[test]
 fn existing_output_is_refused_without_force_and_replaced_with_force() {
     let Some(shared) = shared_dir() else { return };
-    let scratch = Scratch::new("force");
-    let out = scratch.0.join("model");
+    let scratch = TempDir::new("convert-force");
+    let out = scratch.join("model");
     fs::create_dir(&out).unwrap();
     fs::write(out.join("mine.txt"), "keep me").unwrap();
 
@@ -271,21 +193,21 @@ fn existing_output_is_refused_without_force_and_replaced_with_force() {
 #[test]
 fn output_holding_the_input_is_never_replaced() {
     let Some(shared) = shared_dir() else { return };
-    let scratch = Scratch::new("input-inside");
-    let gguf = scratch.0.join("stories.gguf");
+    let scratch = TempDir::new("convert-input-inside");
+    let gguf = scratch.join("stories.gguf");
     fs::copy(stories_gguf(&shared), &gguf).unwrap();
 
-    let err = convert_gguf(&gguf, &scratch.0, DType::F32, true).unwrap_err();
+    let err = convert_gguf(&gguf, scratch.path(), DType::F32, true).unwrap_err();
     assert!(err.to_string().contains("holds the input"), "{err:#}");
     assert!(gguf.is_file());
 }
 
 #[test]
 fn unreadable_input_leaves_nothing_behind() {
-    let scratch = Scratch::new("bad-input");
-    let gguf = scratch.0.join("broken.gguf");
+    let scratch = TempDir::new("convert-bad-input");
+    let gguf = scratch.join("broken.gguf");
     fs::write(&gguf, b"GGUF but not really").unwrap();
-    let out = scratch.0.join("model");
+    let out = scratch.join("model");
 
     let err = convert_gguf(&gguf, &out, DType::F32, false).unwrap_err();
     assert!(err.to_string().contains("broken.gguf"), "{err:#}");

@@ -1,28 +1,18 @@
 //! Corpora, calibration windows and perplexity: golden windows from the reference
 //! implementation, sampling, file formats, error messages, and perplexity against mock models.
 
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
+mod common;
 
-use anyhow::Result;
-use candle_core::{Device, Tensor};
+use std::path::Path;
+
+use candle_core::Device;
+use common::{shared_dir, MockLm, TempDir};
 use grasp::data::calibration::{
     load_calibration, windows_from_rows, Calibration, CalibrationSpec, Sampling,
 };
 use grasp::data::corpus::{load_rows, read_rows, Corpus, Split};
 use grasp::eval::perplexity::{perplexity, perplexity_of_stream, PerplexitySpec};
-use grasp::eval::CausalLm;
 use tokenizers::Tokenizer;
-
-fn shared() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: ../shared is absent");
-        None
-    }
-}
 
 fn tokenizer(shared: &Path, model: &str) -> Tokenizer {
     Tokenizer::from_file(shared.join("models").join(model).join("tokenizer.json")).unwrap()
@@ -45,17 +35,9 @@ fn wiki_spec(shared: &Path, num_samples: usize, seed: u64, sampling: Sampling) -
     }
 }
 
-/// A fresh empty directory under the system temp dir.
-fn scratch_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("grasp-data-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 #[test]
 fn sequential_windows_match_golden() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     for (model, golden) in [
         ("stories260K-hf", "stories260K.json"),
         ("smollm2-135m-ref", "smollm2-135m.json"),
@@ -78,7 +60,7 @@ fn sequential_windows_match_golden() {
 
 #[test]
 fn random_windows_depend_only_on_the_seed() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let tokenizer = tokenizer(&shared, "stories260K-hf");
     let rows = load_rows(
         &Corpus::Wikitext2,
@@ -120,7 +102,7 @@ fn random_windows_depend_only_on_the_seed() {
 
 #[test]
 fn too_little_text_says_how_much_there_is() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let rows = vec!["Once upon a time there was a cat.".to_string()];
     let spec = CalibrationSpec {
         seq_len: 8,
@@ -155,7 +137,7 @@ fn corpus_parse_accepts_names_and_files_only() {
 
 #[test]
 fn local_files_become_rows() {
-    let dir = scratch_dir("rows");
+    let dir = TempDir::new("data-rows");
     let text = dir.join("notes.txt");
     std::fs::write(&text, "first line\n\n third \n").unwrap();
     assert_eq!(read_rows(&text).unwrap(), ["first line", "", " third "]);
@@ -173,12 +155,11 @@ fn local_files_become_rows() {
     std::fs::write(&jsonl, "{\"text\": \"a\"}\n{\"text\": \"b\"\n").unwrap();
     let err = read_rows(&jsonl).unwrap_err().to_string();
     assert!(err.contains("docs.jsonl:2"), "{err}");
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[test]
 fn named_corpora_read_the_shared_layout() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let data = shared.join("data");
     let ptb = load_rows(&Corpus::Ptb, Split::Test, Some(&data)).unwrap();
     assert_eq!(ptb.rows.len(), 3761);
@@ -194,77 +175,37 @@ fn named_corpora_read_the_shared_layout() {
 
 #[test]
 fn missing_local_file_offline_names_file_and_flag() {
-    let empty = scratch_dir("offline");
+    let empty = TempDir::new("data-offline");
     // Only this test reaches the hub code path, so changing the environment is contained.
     std::env::set_var("HF_HUB_OFFLINE", "1");
     std::env::set_var("HF_HOME", empty.join("hf-home"));
-    let err = load_rows(&Corpus::Wikitext2, Split::Test, Some(&empty))
+    let err = load_rows(&Corpus::Wikitext2, Split::Test, Some(empty.path()))
         .unwrap_err()
         .to_string();
     assert!(!err.contains('\n'), "not one line: {err}");
-    let expected = format!("{}/wikitext2_raw/wiki.test.raw", empty.display());
+    let expected = format!("{}/wikitext2_raw/wiki.test.raw", empty.path().display());
     assert!(err.contains(&expected), "{err}");
     assert!(err.contains("--data-dir"), "{err}");
     assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
-    std::fs::remove_dir_all(empty).unwrap();
 }
 
-/// A model whose logits come from a function of the current token, counting forward passes.
-struct MockLm {
-    vocab: usize,
-    max_positions: usize,
-    logits_after: fn(u32, usize) -> Vec<f32>,
-    forwards: Cell<usize>,
-    device: Device,
+/// Longer than any window here: perplexity windows are cut by `seq_len` alone.
+const UNLIMITED: usize = 1 << 20;
+
+fn uniform(vocab: usize) -> impl Fn(&[u32]) -> Vec<f32> {
+    move |_| vec![0.0; vocab]
 }
 
-impl MockLm {
-    fn new(vocab: usize, logits_after: fn(u32, usize) -> Vec<f32>) -> Self {
-        MockLm {
-            vocab,
-            max_positions: 1 << 20,
-            logits_after,
-            forwards: Cell::new(0),
-            device: Device::Cpu,
-        }
-    }
-}
-
-impl CausalLm for MockLm {
-    fn logits(&self, ids: &Tensor) -> Result<Tensor> {
-        self.forwards.set(self.forwards.get() + 1);
-        let (batch, seq) = ids.dims2()?;
-        let flat: Vec<f32> = ids
-            .flatten_all()?
-            .to_vec1::<u32>()?
-            .into_iter()
-            .flat_map(|id| (self.logits_after)(id, self.vocab))
-            .collect();
-        Ok(Tensor::from_vec(
-            flat,
-            (batch, seq, self.vocab),
-            &self.device,
-        )?)
-    }
-    fn device(&self) -> &Device {
-        &self.device
-    }
-    fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-}
-
-fn uniform(_: u32, vocab: usize) -> Vec<f32> {
-    vec![0.0; vocab]
-}
-
-/// Puts probability 0.9 on the token after the current one (cyclically), the rest spread
+/// Puts probability 0.9 on the token after the last one (cyclically), the rest spread
 /// evenly: on a counting stream every target gets 0.9.
-fn next_token_oracle(id: u32, vocab: usize) -> Vec<f32> {
-    let rest = (0.1 / (vocab - 1) as f32).ln();
-    let mut logits = vec![rest; vocab];
-    logits[(id as usize + 1) % vocab] = 0.9f32.ln();
-    logits
+fn next_token_oracle(vocab: usize) -> impl Fn(&[u32]) -> Vec<f32> {
+    move |prefix| {
+        let last = *prefix.last().unwrap() as usize;
+        let rest = (0.1 / (vocab - 1) as f32).ln();
+        let mut logits = vec![rest; vocab];
+        logits[(last + 1) % vocab] = 0.9f32.ln();
+        logits
+    }
 }
 
 fn counting(len: usize, vocab: usize) -> Vec<u32> {
@@ -281,7 +222,7 @@ fn ppl_spec(seq_len: usize, limit: Option<usize>, batch_size: usize) -> Perplexi
 
 #[test]
 fn uniform_model_has_the_vocabulary_as_perplexity() {
-    let model = MockLm::new(50, uniform);
+    let model = MockLm::new(50, UNLIMITED, uniform(50));
     let (nll, tokens, windows) =
         perplexity_of_stream(&model, &counting(100, 50), &ppl_spec(16, None, 4)).unwrap();
     assert!((nll.exp() - 50.0).abs() < 1e-3, "{}", nll.exp());
@@ -291,7 +232,7 @@ fn uniform_model_has_the_vocabulary_as_perplexity() {
 
 #[test]
 fn scoring_is_shifted_by_one_token() {
-    let model = MockLm::new(7, next_token_oracle);
+    let model = MockLm::new(7, UNLIMITED, next_token_oracle(7));
     let (nll, _, _) =
         perplexity_of_stream(&model, &counting(40, 7), &ppl_spec(8, None, 2)).unwrap();
     assert!((nll - -(0.9f64.ln())).abs() < 1e-5, "{nll}");
@@ -303,7 +244,7 @@ fn scoring_is_shifted_by_one_token() {
 
 #[test]
 fn windows_respect_limit_tail_batch_and_max_positions() {
-    let model = MockLm::new(5, next_token_oracle);
+    let model = MockLm::new(5, UNLIMITED, next_token_oracle(5));
     let ids = counting(10, 5);
     let run = |spec| perplexity_of_stream(&model, &ids, &spec).unwrap();
     let (all, tokens, windows) = run(ppl_spec(4, None, 1));
@@ -311,10 +252,7 @@ fn windows_respect_limit_tail_batch_and_max_positions() {
     assert_eq!(run(ppl_spec(4, Some(1), 1)).1, 3);
     assert_eq!(run(ppl_spec(4, Some(9), 1)).2, 2);
     assert!((run(ppl_spec(4, None, 3)).0 - all).abs() < 1e-9);
-    let short = MockLm {
-        max_positions: 3,
-        ..MockLm::new(5, next_token_oracle)
-    };
+    let short = MockLm::new(5, 3, next_token_oracle(5));
     let (_, tokens, windows) = perplexity_of_stream(&short, &ids, &ppl_spec(100, None, 2)).unwrap();
     assert_eq!((tokens, windows), (6, 3));
     assert_eq!(short.forwards.get(), 2);
@@ -322,7 +260,7 @@ fn windows_respect_limit_tail_batch_and_max_positions() {
 
 #[test]
 fn too_short_streams_and_bad_specs_are_errors() {
-    let model = MockLm::new(5, uniform);
+    let model = MockLm::new(5, UNLIMITED, uniform(5));
     let err = perplexity_of_stream(&model, &counting(3, 5), &ppl_spec(4, None, 1))
         .unwrap_err()
         .to_string();
@@ -333,10 +271,10 @@ fn too_short_streams_and_bad_specs_are_errors() {
 
 #[test]
 fn perplexity_reports_stream_and_bos() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let data = shared.join("data");
     let spec = ppl_spec(256, Some(3), 2);
-    let stories = MockLm::new(512, uniform);
+    let stories = MockLm::new(512, UNLIMITED, uniform(512));
     let result = perplexity(
         &stories,
         &tokenizer(&shared, "stories260K-hf"),
@@ -351,7 +289,7 @@ fn perplexity_reports_stream_and_bos() {
     assert!(result.source.ends_with("ptb.test.txt"));
     assert_eq!(result.dataset, "ptb");
 
-    let smol = MockLm::new(49152, uniform);
+    let smol = MockLm::new(49152, UNLIMITED, uniform(49152));
     let result = perplexity(
         &smol,
         &tokenizer(&shared, "smollm2-135m-ref"),
@@ -366,7 +304,7 @@ fn perplexity_reports_stream_and_bos() {
 
 #[test]
 fn calibration_batches_cover_all_windows() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let calibration: Calibration = load_calibration(
         &wiki_spec(&shared, 5, 1, Sampling::Random),
         &tokenizer(&shared, "stories260K-hf"),

@@ -1,11 +1,11 @@
 //! Zero-shot tasks: request texts from real records, few-shot sampling, batched log-likelihood
 //! scoring against mock models, metrics and reports.
 
-use std::cell::Cell;
-use std::path::{Path, PathBuf};
+mod common;
 
-use anyhow::ensure;
-use candle_core::{Device, Tensor};
+use std::path::Path;
+
+use common::{shared_dir, MockLm, TempDir};
 use indicatif::ProgressBar;
 
 use grasp::data::tasks::{
@@ -15,18 +15,7 @@ use grasp::eval::harness::{encode_pair, loglikelihoods, Request};
 use grasp::eval::tasks::{
     averages, judge, markdown_table, mean_and_stderr, run_task, Metric, TaskOptions, TaskResult,
 };
-use grasp::eval::CausalLm;
 use grasp::io::load::load_tokenizer;
-
-fn shared() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
-    if dir.is_dir() {
-        Some(dir)
-    } else {
-        eprintln!("skipping: ../shared is absent");
-        None
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Request texts of real records, checked against lm-eval's task definitions.
@@ -287,16 +276,15 @@ fn missing_files_name_the_file_and_the_flag() {
 
 #[test]
 fn malformed_lines_are_reported_with_their_line_number() {
-    let dir = std::env::temp_dir().join(format!("grasp-tasks-test-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("boolq")).unwrap();
+    let dir = TempDir::new("tasks-malformed-lines");
+    std::fs::create_dir(dir.join("boolq")).unwrap();
     let good = r#"{"question": "is it", "answer": true, "passage": "It is."}"#;
     std::fs::write(
         dir.join("boolq/boolq_validation.jsonl"),
         format!("{good}\n\n{{\"question\": 1}}\n"),
     )
     .unwrap();
-    let err = load_docs(Task::BoolQ, Split::Eval, &dir).unwrap_err();
-    std::fs::remove_dir_all(&dir).unwrap();
+    let err = load_docs(Task::BoolQ, Split::Eval, dir.path()).unwrap_err();
     assert!(
         format!("{err:#}").contains("boolq_validation.jsonl:3"),
         "{err:#}"
@@ -362,59 +350,6 @@ fn winogrande_fewshot_examples_fill_the_blank_with_the_answer() {
 
 // ---------------------------------------------------------------------------------------------
 // Log-likelihood scoring against mock models.
-
-/// A causal mock: the logits at a position are a function of the tokens up to it. Counts its
-/// forward passes and rejects inputs longer than `max_positions`.
-struct MockLm<F: Fn(&[u32]) -> Vec<f32>> {
-    next_logits: F,
-    vocab: usize,
-    max_positions: usize,
-    forwards: Cell<usize>,
-    device: Device,
-}
-
-impl<F: Fn(&[u32]) -> Vec<f32>> MockLm<F> {
-    fn new(vocab: usize, max_positions: usize, next_logits: F) -> Self {
-        MockLm {
-            next_logits,
-            vocab,
-            max_positions,
-            forwards: Cell::new(0),
-            device: Device::Cpu,
-        }
-    }
-}
-
-impl<F: Fn(&[u32]) -> Vec<f32>> CausalLm for MockLm<F> {
-    fn logits(&self, ids: &Tensor) -> anyhow::Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
-        ensure!(
-            seq <= self.max_positions,
-            "{seq} tokens exceed {}",
-            self.max_positions
-        );
-        self.forwards.set(self.forwards.get() + 1);
-        let mut data = Vec::with_capacity(batch * seq * self.vocab);
-        for row in ids.to_vec2::<u32>()? {
-            for t in 0..seq {
-                data.extend((self.next_logits)(&row[..=t]));
-            }
-        }
-        Ok(Tensor::from_vec(
-            data,
-            (batch, seq, self.vocab),
-            &self.device,
-        )?)
-    }
-
-    fn device(&self) -> &Device {
-        &self.device
-    }
-
-    fn max_positions(&self) -> usize {
-        self.max_positions
-    }
-}
 
 const VOCAB: usize = 11;
 
@@ -608,7 +543,7 @@ fn averages_and_table_cover_every_task() {
 
 #[test]
 fn pairs_are_encoded_together_and_split_after_the_context() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let smollm = load_tokenizer(&shared.join("models/smollm2-135m-ref/tokenizer.json")).unwrap();
     let encode = |text: &str| smollm.encode(text, true).unwrap().get_ids().to_vec();
     // The context's trailing space moves into the continuation.
@@ -630,7 +565,7 @@ fn pairs_are_encoded_together_and_split_after_the_context() {
 
 #[test]
 fn every_task_loads_from_the_shared_data() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let data = shared.join("data");
     let expected = [
         (Task::ArcEasy, 2376),
@@ -664,7 +599,7 @@ fn every_task_loads_from_the_shared_data() {
 
 #[test]
 fn run_task_scores_the_first_docs() {
-    let Some(shared) = shared() else { return };
+    let Some(shared) = shared_dir() else { return };
     let tokenizer = load_tokenizer(&shared.join("models/stories260K-hf/tokenizer.json")).unwrap();
     let vocab = tokenizer.get_vocab_size(true);
     let model = MockLm::new(vocab, 512, move |prefix: &[u32]| {

@@ -1,10 +1,14 @@
-//! Helpers shared by the integration tests: where the shared data and models are, and loading
-//! the golden reference files. Tests that need them skip with a message when they are absent.
+//! Helpers shared by the integration tests: where the shared data and models are, loading the
+//! golden reference files, scratch directories and a mock language model. Tests that need the
+//! shared data skip with a message when it is absent.
 #![allow(dead_code)]
 
+use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
+use anyhow::ensure;
+use candle_core::{DType, Device, Tensor};
+use grasp::eval::CausalLm;
 use grasp::io::load::{load_files, resolve, Loaded};
 
 /// `../shared` beside the checkout.
@@ -87,6 +91,20 @@ pub fn rel_err(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).fold(0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
+/// max |a − b| over all elements, computed in f64 whatever the dtypes.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
 /// A fresh empty directory under the system temp dir, removed with everything in it on drop.
 /// `tag` must be unique among the tests of one test binary (they run in parallel).
 pub struct TempDir(PathBuf);
@@ -106,10 +124,73 @@ impl TempDir {
     pub fn join(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// The sorted names in the directory, hidden ones (staging directories) included.
+    pub fn entries(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.0.display()))
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
 }
 
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A causal mock: the logits at a position are a function of the tokens up to it. Counts its
+/// forward passes and rejects inputs longer than `max_positions`.
+pub struct MockLm<F: Fn(&[u32]) -> Vec<f32>> {
+    next_logits: F,
+    vocab: usize,
+    max_positions: usize,
+    pub forwards: Cell<usize>,
+    device: Device,
+}
+
+impl<F: Fn(&[u32]) -> Vec<f32>> MockLm<F> {
+    pub fn new(vocab: usize, max_positions: usize, next_logits: F) -> Self {
+        MockLm {
+            next_logits,
+            vocab,
+            max_positions,
+            forwards: Cell::new(0),
+            device: Device::Cpu,
+        }
+    }
+}
+
+impl<F: Fn(&[u32]) -> Vec<f32>> CausalLm for MockLm<F> {
+    fn logits(&self, ids: &Tensor) -> anyhow::Result<Tensor> {
+        let (batch, seq) = ids.dims2()?;
+        ensure!(
+            seq <= self.max_positions,
+            "{seq} tokens exceed {}",
+            self.max_positions
+        );
+        self.forwards.set(self.forwards.get() + 1);
+        let mut data = Vec::with_capacity(batch * seq * self.vocab);
+        for row in ids.to_vec2::<u32>()? {
+            for t in 0..seq {
+                data.extend((self.next_logits)(&row[..=t]));
+            }
+        }
+        Ok(Tensor::from_vec(
+            data,
+            (batch, seq, self.vocab),
+            &self.device,
+        )?)
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn max_positions(&self) -> usize {
+        self.max_positions
     }
 }
