@@ -3,10 +3,15 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
+use super::ops::matmul_t;
+
 #[derive(Clone, Debug)]
 pub enum Linear {
     /// `weight` is (out, in), as in HF checkpoints.
-    Dense { weight: Tensor, bias: Option<Tensor> },
+    Dense {
+        weight: Tensor,
+        bias: Option<Tensor>,
+    },
     /// W = U · diag(S) · Vh with U (out, r), Vh (r, in). `s` is an f32 [`Var`] whatever the
     /// model dtype, so that dL/dS accumulates in full precision.
     Svd {
@@ -21,18 +26,6 @@ pub enum Linear {
         svd_out: Tensor,
         bias: Option<Tensor>,
     },
-}
-
-/// x (…, in) · wᵀ for a 2-D (out, in) weight, flattening the leading dimensions so that candle
-/// runs one GEMM and its backward sees a plain 2-D matmul.
-fn matmul_t(x: &Tensor, w: &Tensor) -> Result<Tensor> {
-    let dims = x.dims();
-    let (lead, inner) = dims.split_at(dims.len() - 1);
-    let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, inner[0]))?.matmul(&w.t()?)?;
-    let mut out_shape = lead.to_vec();
-    out_shape.push(w.dim(0)?);
-    y.reshape(out_shape)
 }
 
 impl Linear {
@@ -150,7 +143,12 @@ mod tests {
         let u = Tensor::randn(0f32, 1., (6, 3), &dev).unwrap();
         let s = Var::new(&[3.0f32, 2.0, 0.5], &dev).unwrap();
         let vh = Tensor::randn(0f32, 1., (3, 4), &dev).unwrap();
-        let svd = Linear::Svd { u, s, vh, bias: None };
+        let svd = Linear::Svd {
+            u,
+            s,
+            vh,
+            bias: None,
+        };
         let dense = Linear::Dense {
             weight: svd.dense_weight().unwrap(),
             bias: None,

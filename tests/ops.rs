@@ -1,0 +1,310 @@
+//! The fast ops with hand-written input-only backward passes (src/model/ops.rs): each gradient
+//! against central finite differences in f64, and each op against candle's composed,
+//! differentiable form (forward and gradient).
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use grasp::model::linear::Linear;
+use grasp::model::llama::next_token_loss;
+use grasp::model::ops;
+
+/// A function of one tensor.
+type Op<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+type BoxedOp = Box<dyn Fn(&Tensor) -> Result<Tensor>>;
+
+fn randn(shape: &[usize], dtype: DType) -> Tensor {
+    Tensor::randn(0f64, 1., shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(dtype)
+        .unwrap()
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
+    let a = a.to_dtype(DType::F64).unwrap();
+    let b = b.to_dtype(DType::F64).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+fn max_abs(a: &Tensor) -> f64 {
+    max_abs_diff(a, &a.zeros_like().unwrap())
+}
+
+/// The value of `loss` at `x` and its autograd gradient with respect to `x`.
+fn value_and_grad(loss: Op, x: &Tensor) -> (Tensor, Tensor) {
+    let var = Var::from_tensor(x).unwrap();
+    let value = loss(var.as_tensor()).unwrap();
+    let grads = value.backward().unwrap();
+    let grad = grads
+        .get(var.as_tensor())
+        .expect("no gradient for the input")
+        .clone();
+    assert_eq!(grad.dtype(), x.dtype());
+    assert_eq!(grad.dims(), x.dims());
+    (value, grad)
+}
+
+/// Central finite differences in f64: with h = 1e-5 the quotient is accurate to ~1e-9, so a
+/// 1e-6 relative bound fails on any wrong term of the hand-written gradient.
+fn check_against_finite_differences(loss: Op, x0: &Tensor) {
+    let (_, grad) = value_and_grad(loss, x0);
+    let grad: Vec<f64> = grad.flatten_all().unwrap().to_vec1().unwrap();
+    let base: Vec<f64> = x0.flatten_all().unwrap().to_vec1().unwrap();
+    let h = 1e-5;
+    let at = |i: usize, delta: f64| -> f64 {
+        let mut x = base.clone();
+        x[i] += delta;
+        let x = Tensor::from_vec(x, x0.shape(), &Device::Cpu).unwrap();
+        loss(&x).unwrap().to_scalar().unwrap()
+    };
+    for (i, g) in grad.iter().enumerate() {
+        let fd = (at(i, h) - at(i, -h)) / (2.0 * h);
+        assert!(
+            (fd - g).abs() < 1e-6 * (1.0 + fd.abs()),
+            "element {i}: finite difference {fd} vs autograd {g}"
+        );
+    }
+}
+
+/// Two scalar functions agree in value and in gradient with respect to `x`.
+fn check_against_composed(fast: Op, composed: Op, x: &Tensor, tol: f64) {
+    let (fast_value, fast_grad) = value_and_grad(fast, x);
+    let (want_value, want_grad) = value_and_grad(composed, x);
+    let value_err = max_abs_diff(&fast_value, &want_value) / (1.0 + max_abs(&want_value));
+    let grad_err = max_abs_diff(&fast_grad, &want_grad) / (1.0 + max_abs(&want_grad));
+    assert!(value_err < tol, "value differs by {value_err:e} (relative)");
+    assert!(
+        grad_err < tol,
+        "gradient differs by {grad_err:e} (relative)"
+    );
+}
+
+/// An op under test on an input `x`: the fast form and candle's composed, differentiable form.
+struct Case {
+    x: Tensor,
+    fast: BoxedOp,
+    composed: BoxedOp,
+}
+
+/// Tolerance of the f64 comparisons: both forms compute the same formula, with operations
+/// grouped differently, so they agree to a few hundred ulps of f64 (2.2e-16) at most.
+const F64_TOL: f64 = 1e-12;
+
+/// Tolerance of the f32 comparisons: the fused kernels and the composed forms sum the same O(1)
+/// terms (at most 16 per reduction here) in different orders, so they differ by a few ulps of
+/// f32 (1.2e-7) times the number of terms.
+const F32_TOL: f64 = 1e-5;
+
+/// In f64 the op's gradient matches finite differences and both forms agree to rounding; in
+/// f32 (where the fused kernels run) both forms agree within [`F32_TOL`]. Each output is
+/// weighted by a random probe so that every output element contributes to the checked loss.
+fn check(case: impl Fn(DType) -> Case) {
+    for dtype in [DType::F64, DType::F32] {
+        let Case { x, fast, composed } = case(dtype);
+        let probe = randn(fast(&x).unwrap().dims(), dtype);
+        let fast = |x: &Tensor| (fast(x)? * &probe)?.sum_all();
+        let composed = |x: &Tensor| (composed(x)? * &probe)?.sum_all();
+        if dtype == DType::F64 {
+            check_against_finite_differences(&fast, &x);
+            check_against_composed(&fast, &composed, &x, F64_TOL);
+        } else {
+            check_against_composed(&fast, &composed, &x, F32_TOL);
+        }
+    }
+}
+
+#[test]
+fn rms_norm_matches_finite_differences_and_the_composed_form() {
+    check(|dtype| {
+        let w = randn(&[16], dtype);
+        let w2 = w.clone();
+        Case {
+            x: randn(&[2, 3, 16], dtype),
+            fast: Box::new(move |x| ops::rms_norm(x, &w, 1e-5)),
+            composed: Box::new(move |x| candle_nn::ops::rms_norm_slow(x, &w2, 1e-5)),
+        }
+    });
+}
+
+/// Attention scores with the causal mask the model adds: masked entries get probability 0 and
+/// gradient 0.
+#[test]
+fn softmax_matches_finite_differences_and_the_composed_form() {
+    check(|dtype| {
+        let t = 6;
+        let mask: Vec<f64> = (0..t * t)
+            .map(|k| {
+                if k % t > k / t {
+                    f64::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let mask2 = mask.clone();
+        Case {
+            x: randn(&[1, 2, t, t], dtype),
+            fast: Box::new(move |x| ops::softmax_last_dim(&x.broadcast_add(&mask)?)),
+            composed: Box::new(move |x| {
+                candle_nn::ops::softmax(&x.broadcast_add(&mask2)?, D::Minus1)
+            }),
+        }
+    });
+}
+
+#[test]
+fn rope_matches_finite_differences_and_the_composed_form() {
+    check(|dtype| {
+        let (t, d) = (5, 8);
+        let angles = randn(&[t, d / 2], DType::F64);
+        let cos = angles.cos().unwrap().to_dtype(dtype).unwrap();
+        let sin = angles.sin().unwrap().to_dtype(dtype).unwrap();
+        let (cos2, sin2) = (cos.clone(), sin.clone());
+        Case {
+            x: randn(&[2, 3, t, d], dtype),
+            fast: Box::new(move |x| ops::rope(x, &cos, &sin)),
+            composed: Box::new(move |x| candle_nn::rotary_emb::rope_slow(x, &cos2, &sin2)),
+        }
+    });
+}
+
+#[test]
+fn frozen_matmul_matches_finite_differences_and_the_composed_form() {
+    check(|dtype| {
+        let w = randn(&[7, 5], dtype);
+        let w2 = w.clone();
+        Case {
+            x: randn(&[2, 3, 5], dtype),
+            fast: Box::new(move |x| ops::matmul_t(x, &w)),
+            composed: Box::new(move |x| x.broadcast_matmul(&w2.t()?)),
+        }
+    });
+}
+
+/// candle's mean cross-entropy over every position but the last, which has no next token.
+fn composed_next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
+    let (b, t, v) = logits.dims3()?;
+    let pred = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
+    candle_nn::loss::cross_entropy(&pred, &ids.narrow(1, 1, t - 1)?.flatten_all()?)
+}
+
+#[test]
+fn next_token_loss_matches_finite_differences_and_the_composed_form() {
+    check(|dtype| {
+        let ids = Tensor::new(&[[3u32, 0, 6, 6, 1], [5, 2, 2, 4, 0]], &Device::Cpu).unwrap();
+        let ids2 = ids.clone();
+        Case {
+            x: (randn(&[2, 5, 7], dtype) * 3.0).unwrap(),
+            fast: Box::new(move |l| next_token_loss(l, &ids)),
+            composed: Box::new(move |l| composed_next_token_loss(l, &ids2)),
+        }
+    });
+}
+
+#[test]
+fn next_token_loss_rejects_a_single_position() {
+    let logits = randn(&[1, 1, 7], DType::F32);
+    let ids = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
+    assert!(next_token_loss(&logits, &ids).is_err());
+}
+
+/// dL/dS of an SVD projection flows through both frozen matmuls, and neither U nor Vh gets a
+/// gradient (candle's matmul backward would compute and keep one for each).
+#[test]
+fn svd_projection_gives_singular_values_and_only_them_a_gradient() {
+    let (u, vh) = (randn(&[6, 3], DType::F64), randn(&[3, 4], DType::F64));
+    let s0 = randn(&[3], DType::F64);
+    let x = Var::from_tensor(&randn(&[2, 5, 4], DType::F64)).unwrap();
+    let probe = randn(&[2, 5, 6], DType::F64);
+    let loss_with = |s: Var| -> Result<Tensor> {
+        let proj = Linear::Svd {
+            u: u.clone(),
+            s,
+            vh: vh.clone(),
+            bias: None,
+        };
+        (proj.forward(x.as_tensor())? * &probe)?.sum_all()
+    };
+    check_against_finite_differences(&|s| loss_with(Var::from_tensor(s)?), &s0);
+    let s = Var::from_tensor(&s0).unwrap();
+    let grads = loss_with(s.clone()).unwrap().backward().unwrap();
+    assert!(grads.get(s.as_tensor()).is_some());
+    assert!(grads.get(x.as_tensor()).is_some());
+    assert!(
+        grads.get(&u).is_none() && grads.get(&vh).is_none(),
+        "a frozen weight got a gradient"
+    );
+}
+
+/// Constant inputs give constant outputs: evaluation builds no graph.
+#[test]
+fn constant_inputs_stay_out_of_the_graph() {
+    let x = randn(&[1, 2, 4, 8], DType::F32);
+    let (w, cos, sin) = (
+        randn(&[8], DType::F32),
+        randn(&[4, 4], DType::F32),
+        randn(&[4, 4], DType::F32),
+    );
+    for y in [
+        ops::rms_norm(&x, &w, 1e-5).unwrap(),
+        ops::softmax_last_dim(&x).unwrap(),
+        ops::rope(&x, &cos, &sin).unwrap(),
+        ops::matmul_t(&x, &randn(&[3, 8], DType::F32)).unwrap(),
+    ] {
+        assert!(!y.track_op());
+    }
+}
+
+/// A weight that is in a graph after all keeps its gradient (through the composed form).
+#[test]
+fn a_trainable_weight_still_gets_its_gradient() {
+    let x = Var::from_tensor(&randn(&[2, 3, 8], DType::F64)).unwrap();
+    let w0 = randn(&[8], DType::F64);
+    let probe = randn(&[2, 3, 8], DType::F64);
+    let grad_of_w = |norm: &dyn Fn(&Tensor, &Tensor) -> Result<Tensor>| -> Tensor {
+        let w = Var::from_tensor(&w0).unwrap();
+        let loss = (norm(x.as_tensor(), w.as_tensor()).unwrap() * &probe)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        loss.backward()
+            .unwrap()
+            .get(w.as_tensor())
+            .expect("no gradient for the weight")
+            .clone()
+    };
+    let fast = grad_of_w(&|x, w| ops::rms_norm(x, w, 1e-5));
+    let composed = grad_of_w(&|x, w| candle_nn::ops::rms_norm_slow(x, w, 1e-5));
+    let err = max_abs_diff(&fast, &composed) / max_abs(&composed);
+    assert!(
+        err < F64_TOL,
+        "weight gradient differs by {err:e} (relative)"
+    );
+}
+
+/// Half-precision inputs get half-precision gradients, computed in f32: within bf16 rounding
+/// (2⁻⁸ relative, a few roundings deep) of the gradient of the same inputs in f32.
+#[test]
+fn bf16_gradients_follow_the_f32_ones() {
+    let x = randn(&[2, 3, 16], DType::BF16);
+    let w = randn(&[16], DType::BF16);
+    let probe = randn(&[2, 3, 16], DType::F32);
+    let loss = |x: &Tensor| -> Result<Tensor> {
+        let w = w.to_dtype(x.dtype())?;
+        let h = ops::softmax_last_dim(&ops::rms_norm(x, &w, 1e-5)?)?;
+        (ops::at_least_f32(&h)? * &probe)?.sum_all()
+    };
+    let (_, half) = value_and_grad(&loss, &x);
+    let (_, full) = value_and_grad(&loss, &x.to_dtype(DType::F32).unwrap());
+    let err = max_abs_diff(&half, &full) / max_abs(&full);
+    assert!(err < 0.05, "bf16 gradient differs by {err:e} (relative)");
+}
