@@ -12,6 +12,8 @@ use grasp::model::linear::Linear;
 use grasp::model::llama::{next_token_loss, Projection};
 
 fn main() -> anyhow::Result<()> {
+    // As the grasp binary does, so that the figures are the command line's.
+    grasp::runtime::tune_allocator();
     let dir = std::env::var_os("GRASP_SMOLLM2_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));

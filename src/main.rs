@@ -1,4 +1,5 @@
 fn main() {
+    grasp::runtime::tune_allocator();
     if let Err(err) = grasp::cli::main() {
         eprintln!("error: {err:#}");
         std::process::exit(1);

@@ -84,3 +84,17 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
     bar.enable_steady_tick(std::time::Duration::from_millis(120));
     bar
 }
+
+/// Keeps glibc from handing the large activation buffers of each pass back to the OS and
+/// faulting them in again on the next one (millions of page faults per gradient pass): with
+/// these settings a SmolLM2 forward pass is about 30% faster. mimalloc was tried and was
+/// slower on the backward pass.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.
+    unsafe {
+        // 32 MiB is the largest mmap threshold glibc accepts on 64-bit targets.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+    }
+}
