@@ -28,14 +28,17 @@ throughput=$(cargo bench --quiet --bench throughput 2>/dev/null)
 
 "$GRASP" compress --model "$MODEL" --num-prune-layers 6 --ratio 0.7 --num-samples "$samples" \
     --seq-len "$seq" --data-dir "$DATA" --out "$work/compressed" >"$work/compress.log" 2>&1
-"$GRASP" eval --model "$MODEL" --tasks arc_easy --limit "$arc_limit" --ppl wikitext2 \
-    --ppl-seq-len 512 --data-dir "$DATA" --json "$work/eval.json" >"$work/eval.log" 2>&1
+"$GRASP" eval --model "$MODEL" --tasks arc_easy --limit "$arc_limit" --data-dir "$DATA" \
+    --json "$work/eval-tasks.json" >"$work/eval.log" 2>&1
+"$GRASP" eval --model "$MODEL" --ppl wikitext2 --limit "$ppl_limit" --ppl-seq-len 512 \
+    --data-dir "$DATA" --json "$work/eval-ppl.json" >>"$work/eval.log" 2>&1
 
 python3 - "$work" "$samples" "$seq" <<'PY' "$throughput"
 import json, re, sys
 work, samples, seq, throughput = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 rep = json.load(open(f"{work}/compressed/grasp_report.json"))
-ev = json.load(open(f"{work}/eval.json"))
+ev = json.load(open(f"{work}/eval-tasks.json"))
+ev["perplexity"] = json.load(open(f"{work}/eval-ppl.json"))["perplexity"]
 t = rep["timings_s"]
 grad_s = sum(b["gradient_seconds"] for b in rep["blocks"])
 grad_gflop = sum(b["gradient_gflop"] for b in rep["blocks"])

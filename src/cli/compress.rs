@@ -154,6 +154,9 @@ pub fn run(args: CompressArgs) -> Result<()> {
         runtime::dtype_name(model.dtype()),
         runtime::num_threads()
     ));
+    if !model.device().is_cpu() {
+        log.info("note: the SVD runs on the CPU (faer); its time is the `svd` figure of each block");
+    }
     let load_s = start.elapsed().as_secs_f64();
 
     let t = Instant::now();
