@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 scripts/fetch_test_model.sh >/dev/null
 cargo build --release --quiet
-GRASP=target/release/grasp
+GRASP=${CARGO_TARGET_DIR:-target}/release/grasp
 MODEL=models/smollm2-135m
 DATA=../shared/data
 work=$(mktemp -d)

@@ -43,4 +43,4 @@ echo "building grasp (release)"
 cargo build --release
 
 echo "converting $gguf"
-target/release/grasp convert --gguf "$gguf" --out "$out"
+"${CARGO_TARGET_DIR:-target}/release/grasp" convert --gguf "$gguf" --out "$out"

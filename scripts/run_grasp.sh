@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/params_script.sh
 
-GRASP=target/release/grasp
+GRASP=${CARGO_TARGET_DIR:-target}/release/grasp
 if [[ ! -x "$GRASP" ]]; then
     echo "error: $GRASP not found; build it first with: cargo build --release" >&2
     exit 1
