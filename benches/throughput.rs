@@ -18,12 +18,26 @@ fn main() -> anyhow::Result<()> {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));
     if !dir.join("config.json").is_file() {
-        eprintln!("skipping: {} is absent (run scripts/fetch_test_model.sh)", dir.display());
+        eprintln!(
+            "skipping: {} is absent (run scripts/fetch_test_model.sh)",
+            dir.display()
+        );
         return Ok(());
     }
-    let seq: usize = std::env::var("SEQ").ok().and_then(|v| v.parse().ok()).unwrap_or(512);
-    let layer: usize = std::env::var("LAYER").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let mut model = load_files(resolve(dir.to_str().unwrap(), "main")?, &Device::Cpu, Some(DType::F32))?.model;
+    let seq: usize = std::env::var("SEQ")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let layer: usize = std::env::var("LAYER")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut model = load_files(
+        resolve(dir.to_str().unwrap(), "main")?,
+        &Device::Cpu,
+        Some(DType::F32),
+    )?
+    .model;
     let ids: Vec<u32> = (0..seq as u32).map(|i| (i * 7919) % 49152).collect();
     let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
     let embedded = model.embed(&ids)?;
@@ -35,12 +49,21 @@ fn main() -> anyhow::Result<()> {
         model.forward_from(layer, &input)?;
     }
     let fwd = t.elapsed().as_secs_f64() / reps as f64;
-    println!("forward from layer {layer}, {seq} tokens: {:.3} s ({:.0} tokens/s)", fwd, seq as f64 / fwd);
+    println!(
+        "forward from layer {layer}, {seq} tokens: {:.3} s ({:.0} tokens/s)",
+        fwd,
+        seq as f64 / fwd
+    );
 
     for p in [Projection::Gate, Projection::Up, Projection::Down] {
         let proj = model.layers[layer].projection_mut(p);
         let d = thin_svd(&proj.dense_weight()?, SvdDtype::F32)?;
-        *proj = Linear::Svd { u: d.u, s: Var::from_tensor(&d.s)?, vh: d.vh, bias: None };
+        *proj = Linear::Svd {
+            u: d.u,
+            s: Var::from_tensor(&d.s)?,
+            vh: d.vh,
+            bias: None,
+        };
     }
     let mut f_total = 0.0;
     let mut b_total = 0.0;

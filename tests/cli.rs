@@ -439,7 +439,11 @@ fn bad_input_is_refused_with_one_line_naming_the_problem() {
         (vec!["--layers", "7"], "layer 7"),
         // Later flags override the base ones: 100000 windows of 512 tokens is more than there is.
         (
-            [&prune2[..], &["--seq-len", "512", "--num-samples", "100000"]].concat(),
+            [
+                &prune2[..],
+                &["--seq-len", "512", "--num-samples", "100000"],
+            ]
+            .concat(),
             "720655 tokens",
         ),
         (

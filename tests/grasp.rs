@@ -16,7 +16,12 @@ use grasp::model::llama::{Block, Projection};
 use indicatif::ProgressBar;
 
 fn golden_calibration(golden: &serde_json::Value) -> Calibration {
-    let windows: Vec<Vec<u32>> = golden["bi_windows"].as_array().unwrap().iter().map(u32s).collect();
+    let windows: Vec<Vec<u32>> = golden["bi_windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(u32s)
+        .collect();
     Calibration {
         seq_len: windows[0].len(),
         total_tokens: windows.iter().map(Vec::len).sum(),
@@ -27,7 +32,9 @@ fn golden_calibration(golden: &serde_json::Value) -> Calibration {
 }
 
 fn check_block_influence(dir: &Path, golden_name: &str) {
-    let Some(golden) = golden(golden_name) else { return };
+    let Some(golden) = golden(golden_name) else {
+        return;
+    };
     let model = load(dir, DType::F32).model;
     let calib = golden_calibration(&golden);
     let n = calib.windows.len() as f64;
@@ -37,7 +44,10 @@ fn check_block_influence(dir: &Path, golden_name: &str) {
         let err = rel_err(&bi.scores, &want);
         eprintln!("{golden_name} {key}: max relative error {err:.2e}");
         for (got, want) in bi.scores.iter().zip(&want) {
-            assert!((got - want).abs() <= 1e-3 * want.abs(), "{key}: {got} vs {want}");
+            assert!(
+                (got - want).abs() <= 1e-3 * want.abs(),
+                "{key}: {got} vs {want}"
+            );
         }
     }
 }
@@ -58,28 +68,52 @@ fn smollm2_block_influence_matches_the_reference() {
 
 /// Runs GRASP as the golden run did and compares layers, ranks, kept indices and dL/dS.
 fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
-    let (Some(run), Some(base)) = (golden(run_name), golden(windows_from)) else { return };
+    let (Some(run), Some(base)) = (golden(run_name), golden(windows_from)) else {
+        return;
+    };
     let mut model = load(dir, DType::F32).model;
     let calib = golden_calibration(&base);
     let n_prune = run["args"]["num_prune_layers"].as_u64().unwrap() as usize;
     let bi = block_influence(&model, &calib, 1, false, 1, &ProgressBar::hidden()).unwrap();
     let chosen = bi.redundant_layers(n_prune);
     assert_eq!(chosen, usizes(&run["chosen_layers"]), "chosen layers");
-    let metric = if run_name.contains("gradient") { Metric::Gradient } else { Metric::Taylor };
+    let metric = if run_name.contains("gradient") {
+        Metric::Gradient
+    } else {
+        Metric::Taylor
+    };
     let rule = match run_name.split_once("-thr") {
         Some((_, t)) => RankRule::Threshold(t.trim_end_matches(".json").parse().unwrap()),
-        None => RankRule::Ratio(run_name.rsplit_once("-r").unwrap().1.trim_end_matches(".json").parse().unwrap()),
+        None => RankRule::Ratio(
+            run_name
+                .rsplit_once("-r")
+                .unwrap()
+                .1
+                .trim_end_matches(".json")
+                .parse()
+                .unwrap(),
+        ),
     };
     let opts = CompressOptions {
         method: Method::Grasp,
         metric,
         rule,
-        mlp_targets: Projection::ALL.into_iter().filter(|p| p.block() == Block::Mlp).collect(),
-        attn_targets: Projection::ALL.into_iter().filter(|p| p.block() == Block::Attention).collect(),
+        mlp_targets: Projection::ALL
+            .into_iter()
+            .filter(|p| p.block() == Block::Mlp)
+            .collect(),
+        attn_targets: Projection::ALL
+            .into_iter()
+            .filter(|p| p.block() == Block::Attention)
+            .collect(),
         svd_dtype: SvdDtype::F64,
         input_cache_budget: usize::MAX,
     };
-    let ids = calib.windows.iter().map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap()).collect();
+    let ids = calib
+        .windows
+        .iter()
+        .map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap())
+        .collect();
     let result = compress_layers(&mut model, &chosen, &Batches { ids }, &opts).unwrap();
 
     let mut worst_grad = 0f64;
@@ -91,22 +125,46 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
         eprintln!("{}: k {}, dL/dS relative error {grad_err:.2e}", m.name, m.k);
         assert_eq!(m.k, want["k"].as_u64().unwrap() as usize, "{}: k", m.name);
         let s_err = rel_err(&m.singular_values, &f64s(&want["S"]));
-        assert!(s_err < 1e-4, "{}: singular values differ by {s_err:.2e}", m.name);
-        assert!(grad_err < 1e-3, "{}: dL/dS differs by {grad_err:.2e} relative", m.name);
+        assert!(
+            s_err < 1e-4,
+            "{}: singular values differ by {s_err:.2e}",
+            m.name
+        );
+        assert!(
+            grad_err < 1e-3,
+            "{}: dL/dS differs by {grad_err:.2e} relative",
+            m.name
+        );
         worst_grad = worst_grad.max(grad_err);
         let want_kept = usizes(&want["kept_indices"]);
         if m.kept_indices != want_kept {
             let gap = want["boundary_rel_gap"].as_f64().unwrap();
-            let differ = m.kept_indices.iter().filter(|i| !want_kept.contains(i)).count();
-            assert!(gap < 1e-3 && differ <= 1, "{}: kept indices differ ({differ}) with boundary gap {gap:.2e}", m.name);
+            let differ = m
+                .kept_indices
+                .iter()
+                .filter(|i| !want_kept.contains(i))
+                .count();
+            assert!(
+                gap < 1e-3 && differ <= 1,
+                "{}: kept indices differ ({differ}) with boundary gap {gap:.2e}",
+                m.name
+            );
             boundary_swaps += 1;
         }
     }
-    assert_eq!(result.modules.len(), run["modules"].as_object().unwrap().len());
+    assert_eq!(
+        result.modules.len(),
+        run["modules"].as_object().unwrap().len()
+    );
     for (block, want) in result.blocks.iter().zip(run["blocks"].as_array().unwrap()) {
         let want_loss = want["calib_loss_mean"].as_f64().unwrap();
         let got = block.calib_loss_mean.unwrap();
-        assert!((got - want_loss).abs() < 1e-3 * want_loss, "layer {} {}: calibration loss {got} vs {want_loss}", block.layer, block.block);
+        assert!(
+            (got - want_loss).abs() < 1e-3 * want_loss,
+            "layer {} {}: calibration loss {got} vs {want_loss}",
+            block.layer,
+            block.block
+        );
     }
     eprintln!("{run_name}: {} modules, worst dL/dS relative error {worst_grad:.2e}, boundary swaps {boundary_swaps}", result.modules.len());
 }
@@ -114,27 +172,43 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
 #[test]
 fn stories260k_grasp_taylor_ratio_matches_the_reference() {
     if let Some(dir) = stories_dir() {
-        check_grasp_run(&dir, "stories260K-grasp-taylor-n2-r0.5.json", "stories260K.json");
+        check_grasp_run(
+            &dir,
+            "stories260K-grasp-taylor-n2-r0.5.json",
+            "stories260K.json",
+        );
     }
 }
 
 #[test]
 fn stories260k_grasp_gradient_ratio_matches_the_reference() {
     if let Some(dir) = stories_dir() {
-        check_grasp_run(&dir, "stories260K-grasp-gradient-n2-r0.5.json", "stories260K.json");
+        check_grasp_run(
+            &dir,
+            "stories260K-grasp-gradient-n2-r0.5.json",
+            "stories260K.json",
+        );
     }
 }
 
 #[test]
 fn stories260k_grasp_taylor_threshold_matches_the_reference() {
     if let Some(dir) = stories_dir() {
-        check_grasp_run(&dir, "stories260K-grasp-taylor-n2-thr0.8.json", "stories260K.json");
+        check_grasp_run(
+            &dir,
+            "stories260K-grasp-taylor-n2-thr0.8.json",
+            "stories260K.json",
+        );
     }
 }
 
 #[test]
 fn smollm2_grasp_taylor_ratio_matches_the_reference() {
     if let Some(dir) = smollm2_dir() {
-        check_grasp_run(&dir, "smollm2-135m-grasp-taylor-n4-r0.5.json", "smollm2-135m.json");
+        check_grasp_run(
+            &dir,
+            "smollm2-135m-grasp-taylor-n4-r0.5.json",
+            "smollm2-135m.json",
+        );
     }
 }

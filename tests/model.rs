@@ -11,18 +11,40 @@ use grasp::model::Llama;
 
 /// Logits of every golden text: last-position logits, per-position sums and argmaxes, loss.
 fn check_golden_logits(dir: &std::path::Path, golden_name: &str) {
-    let Some(golden) = golden(golden_name) else { return };
+    let Some(golden) = golden(golden_name) else {
+        return;
+    };
     let model = load(dir, DType::F32).model;
     let mut worst_rel = 0f64;
     for text in golden["texts"].as_array().unwrap() {
         let ids = u32s(&text["ids"]);
-        let input = Tensor::new(ids.as_slice(), &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
         let logits = model.forward(&input).unwrap().squeeze(0).unwrap();
         let t = ids.len();
-        let last: Vec<f64> = logits.get(t - 1).unwrap().narrow(0, 0, 16).unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
-        let sums: Vec<f64> = logits.sum(1).unwrap().to_dtype(DType::F64).unwrap().to_vec1().unwrap();
+        let last: Vec<f64> = logits
+            .get(t - 1)
+            .unwrap()
+            .narrow(0, 0, 16)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let sums: Vec<f64> = logits
+            .sum(1)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+            .to_vec1()
+            .unwrap();
         let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
-        let loss = next_token_loss(&logits.unsqueeze(0).unwrap(), &input).unwrap().to_scalar::<f32>().unwrap() as f64;
+        let loss = next_token_loss(&logits.unsqueeze(0).unwrap(), &input)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
         let e_last = rel_err(&last, &f64s(&text["last_logits_first16"]));
         let e_sum = rel_err(&sums, &f64s(&text["logits_sum_per_pos"]));
         let want_loss = text["loss"].as_f64().unwrap();
@@ -30,8 +52,16 @@ fn check_golden_logits(dir: &std::path::Path, golden_name: &str) {
         eprintln!("{golden_name}: {:?}: rel err last logits {e_last:.2e}, logit sums {e_sum:.2e}, loss {e_loss:.2e}", text["text"].as_str().unwrap().chars().take(30).collect::<String>());
         assert!(e_last < 1e-3 && e_sum < 1e-3 && e_loss < 1e-3);
         let want_argmax = u32s(&text["argmax_per_pos"]);
-        let agree = argmax.iter().zip(&want_argmax).filter(|(a, b)| a == b).count();
-        assert!(agree + 1 >= t, "argmax differs at {} of {t} positions", t - agree);
+        let agree = argmax
+            .iter()
+            .zip(&want_argmax)
+            .filter(|(a, b)| a == b)
+            .count();
+        assert!(
+            agree + 1 >= t,
+            "argmax differs at {} of {t} positions",
+            t - agree
+        );
         worst_rel = worst_rel.max(e_last).max(e_sum);
     }
     eprintln!("{golden_name}: worst relative logit error {worst_rel:.2e}");
@@ -59,7 +89,12 @@ fn to_svd(model: &mut Llama, layer: usize, targets: &[Projection]) -> Vec<Var> {
             let proj = model.layers[layer].projection_mut(p);
             let d = thin_svd(&proj.dense_weight().unwrap(), SvdDtype::F64).unwrap();
             let s = Var::from_tensor(&d.s).unwrap();
-            *proj = Linear::Svd { u: d.u, s: s.clone(), vh: d.vh, bias: None };
+            *proj = Linear::Svd {
+                u: d.u,
+                s: s.clone(),
+                vh: d.vh,
+                bias: None,
+            };
             s
         })
         .collect()
@@ -68,35 +103,55 @@ fn to_svd(model: &mut Llama, layer: usize, targets: &[Projection]) -> Vec<Var> {
 fn calibration_ids(n: usize) -> Option<Tensor> {
     let golden = golden("stories260K.json")?;
     let ids = u32s(&golden["bi_windows"][0]);
-    Some(Tensor::new(&ids[..n], &Device::Cpu).unwrap().unsqueeze(0).unwrap())
+    Some(
+        Tensor::new(&ids[..n], &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap(),
+    )
 }
 
 /// dL/dS from autograd equals central finite differences of the loss, in f64 (so the
 /// difference quotient with h = 1e-6 is accurate to ~1e-9 and 1e-6 relative is a real bound).
 #[test]
 fn singular_value_gradients_match_finite_differences() {
-    let (Some(dir), Some(ids)) = (stories_dir(), calibration_ids(48)) else { return };
+    let (Some(dir), Some(ids)) = (stories_dir(), calibration_ids(48)) else {
+        return;
+    };
     let mut model = load(&dir, DType::F64).model;
-    let targets = [Projection::Q, Projection::V, Projection::Gate, Projection::Down];
+    let targets = [
+        Projection::Q,
+        Projection::V,
+        Projection::Gate,
+        Projection::Down,
+    ];
     let vars = to_svd(&mut model, 0, &targets);
     let loss_of = |m: &Llama| next_token_loss(&m.forward(&ids).unwrap(), &ids).unwrap();
     let grads = loss_of(&model).backward().unwrap();
     let h = 1e-6;
     let mut worst = 0f64;
     for (var, p) in vars.iter().zip(targets) {
-        let g: Vec<f64> = grads.get(var.as_tensor()).unwrap_or_else(|| panic!("no gradient for {p:?}")).to_vec1().unwrap();
+        let g: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {p:?}"))
+            .to_vec1()
+            .unwrap();
         let s0: Vec<f64> = var.as_tensor().to_vec1().unwrap();
         for i in [0, s0.len() / 2, s0.len() - 1] {
             let eval = |delta: f64| {
                 let mut s = s0.clone();
                 s[i] += delta;
-                var.set(&Tensor::new(s.as_slice(), &Device::Cpu).unwrap()).unwrap();
+                var.set(&Tensor::new(s.as_slice(), &Device::Cpu).unwrap())
+                    .unwrap();
                 loss_of(&model).to_scalar::<f64>().unwrap()
             };
             let fd = (eval(h) - eval(-h)) / (2.0 * h);
             eval(0.0);
             let err = (fd - g[i]).abs() / (fd.abs().max(1e-3));
-            eprintln!("{p:?} S[{i}]: autograd {:.9e}, finite difference {fd:.9e}, rel err {err:.1e}", g[i]);
+            eprintln!(
+                "{p:?} S[{i}]: autograd {:.9e}, finite difference {fd:.9e}, rel err {err:.1e}",
+                g[i]
+            );
             worst = worst.max(err);
         }
     }
@@ -107,15 +162,26 @@ fn singular_value_gradients_match_finite_differences() {
 /// Every S in the first and last layer gets a gradient (the fused kernels would give None).
 #[test]
 fn every_singular_value_gets_a_gradient() {
-    let (Some(dir), Some(ids)) = (stories_dir(), calibration_ids(32)) else { return };
+    let (Some(dir), Some(ids)) = (stories_dir(), calibration_ids(32)) else {
+        return;
+    };
     let mut model = load(&dir, DType::F32).model;
     let last = model.num_layers() - 1;
     let mut vars = to_svd(&mut model, 0, &Projection::ALL);
     vars.extend(to_svd(&mut model, last, &Projection::ALL));
-    let grads = next_token_loss(&model.forward(&ids).unwrap(), &ids).unwrap().backward().unwrap();
+    let grads = next_token_loss(&model.forward(&ids).unwrap(), &ids)
+        .unwrap()
+        .backward()
+        .unwrap();
     for v in &vars {
         let g = grads.get(v.as_tensor()).expect("gradient is None");
-        let norm = g.sqr().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        let norm = g
+            .sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
         assert!(norm > 0.0 && norm.is_finite());
     }
 }
@@ -123,11 +189,20 @@ fn every_singular_value_gets_a_gradient() {
 /// Starting from a cached layer input gives the same logits as the full forward.
 #[test]
 fn forward_from_a_cached_layer_input_equals_the_full_forward() {
-    let (Some(dir), Some(ids)) = (stories_dir(), calibration_ids(64)) else { return };
+    let (Some(dir), Some(ids)) = (stories_dir(), calibration_ids(64)) else {
+        return;
+    };
     let model = load(&dir, DType::F32).model;
     let (logits, hidden) = model.forward_with_hidden(&ids).unwrap();
     assert_eq!(hidden.len(), model.num_layers() + 1);
     let from3 = model.forward_from(3, &hidden[3]).unwrap();
-    let diff = (logits - from3).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let diff = (logits - from3)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert_eq!(diff, 0.0);
 }

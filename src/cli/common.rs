@@ -49,13 +49,20 @@ pub struct CalibrationArgs {
 
 impl CalibrationArgs {
     /// Checks the flags against the model (`max_positions`) before tokenizing anything.
-    pub fn load(&self, tokenizer: &tokenizers::Tokenizer, max_positions: usize) -> anyhow::Result<crate::data::calibration::Calibration> {
+    pub fn load(
+        &self,
+        tokenizer: &tokenizers::Tokenizer,
+        max_positions: usize,
+    ) -> anyhow::Result<crate::data::calibration::Calibration> {
         use crate::data::calibration::{load_calibration, CalibrationSpec};
         if self.batch_size == 0 {
             anyhow::bail!("--batch-size must be at least 1");
         }
         if self.seq_len > max_positions {
-            anyhow::bail!("--seq-len {} exceeds the model's max_position_embeddings {max_positions}", self.seq_len);
+            anyhow::bail!(
+                "--seq-len {} exceeds the model's max_position_embeddings {max_positions}",
+                self.seq_len
+            );
         }
         let spec = CalibrationSpec {
             corpus: crate::data::corpus::Corpus::parse(&self.dataset)?,
@@ -79,7 +86,10 @@ impl Log {
     pub fn new(path: Option<&std::path::Path>, verbose: bool) -> anyhow::Result<Self> {
         use anyhow::Context;
         let file = path
-            .map(|p| std::fs::File::create(p).with_context(|| format!("cannot create log file {}", p.display())))
+            .map(|p| {
+                std::fs::File::create(p)
+                    .with_context(|| format!("cannot create log file {}", p.display()))
+            })
             .transpose()?;
         Ok(Self { file, verbose })
     }

@@ -50,10 +50,18 @@ pub struct CompressArgs {
     #[arg(long)]
     pub threshold_ratio: Option<f64>,
     /// MLP projections to compress (gate_proj, up_proj, down_proj); empty for none.
-    #[arg(long, value_delimiter = ',', default_value = "gate_proj,up_proj,down_proj")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gate_proj,up_proj,down_proj"
+    )]
     pub mlp_targets: Vec<String>,
     /// Attention projections to compress (q_proj, k_proj, v_proj, o_proj); empty for none.
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj"
+    )]
     pub attn_targets: Vec<String>,
     /// Precision of the SVD. f64 by default: in f32 the singular vectors of close singular
     /// values are only accurate to ~1e-4, which moves their gradients by as much.
@@ -97,12 +105,24 @@ fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
         None => format!("r{}", args.ratio),
     };
     let layers = match (&args.layers, args.num_prune_layers) {
-        (Some(l), _) => format!("l{}", l.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-")),
+        (Some(l), _) => format!(
+            "l{}",
+            l.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("-")
+        ),
         (None, Some(n)) => format!("n{n}"),
         (None, None) => String::new(),
     };
     let name = match args.method {
-        Method::Grasp => format!("{model_name}-grasp-{}-{layers}-{rule}", serde_json::to_value(args.metric).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()),
+        Method::Grasp => format!(
+            "{model_name}-grasp-{}-{layers}-{rule}",
+            serde_json::to_value(args.metric)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ),
         Method::Svd => format!("{model_name}-svd-{layers}-{rule}"),
         Method::Remove => format!("{model_name}-remove-{layers}"),
     };
@@ -131,7 +151,10 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let attn_targets = parse_targets(&args.attn_targets, Block::Attention, "--attn-targets")?;
 
     let loaded = load_model(&args.model)?;
-    let out = args.out.clone().unwrap_or_else(|| default_out(&args, &loaded.files.name));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(&args, &loaded.files.name));
     check_output(&out, args.force)?;
     let mut model = loaded.model;
     let n_layers = model.num_layers();
@@ -139,7 +162,10 @@ pub fn run(args: CompressArgs) -> Result<()> {
         check_num_prune_layers(n, n_layers)?;
     }
     if let Some(bad) = args.layers.iter().flatten().find(|&&l| l >= n_layers) {
-        bail!("--layers: layer {bad} is out of range (the model has {n_layers} layers: 0..{})", n_layers - 1);
+        bail!(
+            "--layers: layer {bad} is out of range (the model has {n_layers} layers: 0..{})",
+            n_layers - 1
+        );
     }
     let out_dtype = match &args.model.dtype {
         Some(d) => runtime::parse_dtype(d)?,
@@ -155,20 +181,40 @@ pub fn run(args: CompressArgs) -> Result<()> {
         runtime::num_threads()
     ));
     if !model.device().is_cpu() {
-        log.info("note: the SVD runs on the CPU (faer); its time is the `svd` figure of each block");
+        log.info(
+            "note: the SVD runs on the CPU (faer); its time is the `svd` figure of each block",
+        );
     }
     let load_s = start.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let calib = args.calibration.load(&loaded.tokenizer, model.config.max_position_embeddings)?;
-    log.info(format!("calibration: {} windows of {} tokens from {}", calib.windows.len(), calib.seq_len, calib.source));
+    let calib = args
+        .calibration
+        .load(&loaded.tokenizer, model.config.max_position_embeddings)?;
+    log.info(format!(
+        "calibration: {} windows of {} tokens from {}",
+        calib.windows.len(),
+        calib.seq_len,
+        calib.source
+    ));
     let batches = to_batches(&calib, args.calibration.batch_size, model.device())?;
     let calibration_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let span = if args.angular { args.num_prune_layers.unwrap_or(1) } else { 1 };
+    let span = if args.angular {
+        args.num_prune_layers.unwrap_or(1)
+    } else {
+        1
+    };
     let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let bi = block_influence(&model, &calib, args.calibration.batch_size, args.angular, span, &bar)?;
+    let bi = block_influence(
+        &model,
+        &calib,
+        args.calibration.batch_size,
+        args.angular,
+        span,
+        &bar,
+    )?;
     bar.finish_and_clear();
     let chosen = match (&args.layers, args.num_prune_layers) {
         (Some(l), _) => {
@@ -183,8 +229,21 @@ pub fn run(args: CompressArgs) -> Result<()> {
     if args.verbose {
         print_table(&bi, &chosen);
     }
-    log.info(format!("block influence: {:?}", bi.scores.iter().map(|s| format!("{s:.4}")).collect::<Vec<_>>()));
-    log.info(format!("layers to {}: {chosen:?}", if args.method == Method::Remove { "remove" } else { "compress" }));
+    log.info(format!(
+        "block influence: {:?}",
+        bi.scores
+            .iter()
+            .map(|s| format!("{s:.4}"))
+            .collect::<Vec<_>>()
+    ));
+    log.info(format!(
+        "layers to {}: {chosen:?}",
+        if args.method == Method::Remove {
+            "remove"
+        } else {
+            "compress"
+        }
+    ));
     let block_influence_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -200,18 +259,35 @@ pub fn run(args: CompressArgs) -> Result<()> {
     };
     let compression = compress_layers(&mut model, &chosen, &batches, &opts)?;
     for b in &compression.blocks {
-        let loss = b.calib_loss_mean.map(|l| format!(", calibration loss {l:.4}")).unwrap_or_default();
-        let rate = if b.gradient_seconds > 0.0 { format!(" ({:.1} GFLOP/s)", b.gradient_gflop / b.gradient_seconds) } else { String::new() };
-        log.info(format!("layer {:>3} {:<9} svd {:.1}s, gradients {:.1}s{rate}{loss}", b.layer, b.block, b.svd_seconds, b.gradient_seconds));
+        let loss = b
+            .calib_loss_mean
+            .map(|l| format!(", calibration loss {l:.4}"))
+            .unwrap_or_default();
+        let rate = if b.gradient_seconds > 0.0 {
+            format!(" ({:.1} GFLOP/s)", b.gradient_gflop / b.gradient_seconds)
+        } else {
+            String::new()
+        };
+        log.info(format!(
+            "layer {:>3} {:<9} svd {:.1}s, gradients {:.1}s{rate}{loss}",
+            b.layer, b.block, b.svd_seconds, b.gradient_seconds
+        ));
     }
     for m in &compression.modules {
-        log.detail(format!("  {} {}x{} rank {} -> {} (importance kept {:.3})", m.name, m.out_features, m.in_features, m.full_rank, m.k, m.retained_importance_fraction));
+        log.detail(format!(
+            "  {} {}x{} rank {} -> {} (importance kept {:.3})",
+            m.name, m.out_features, m.in_features, m.full_rank, m.k, m.retained_importance_fraction
+        ));
     }
     let compress_s = t.elapsed().as_secs_f64();
     let params_after = model.num_params();
 
     let t = Instant::now();
-    let form = if args.merge { OutputForm::Merged } else { OutputForm::Factorized };
+    let form = if args.merge {
+        OutputForm::Merged
+    } else {
+        OutputForm::Factorized
+    };
     let mut report = serde_json::json!({
         "grasp_version": env!("CARGO_PKG_VERSION"),
         "args": &args,
@@ -234,31 +310,54 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let spinner = runtime::spinner(format!("writing {}", out.display()));
     let mut weights_bytes = 0;
     let mut timings = None;
-    save_model(&model, &loaded.files, &out, form, out_dtype, args.force, |dir, bytes| {
-        let t = Timings {
-            load_s,
-            calibration_s,
-            block_influence_s,
-            compress_s,
-            save_s: t.elapsed().as_secs_f64(),
-            total_s: start.elapsed().as_secs_f64(),
-        };
-        report["timings_s"] = serde_json::to_value(&t)?;
-        report["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
-        report["weights_bytes"] = bytes.into();
-        weights_bytes = bytes;
-        timings = Some(t);
-        write_json(&dir.join("grasp_report.json"), &report)
-    })?;
+    save_model(
+        &model,
+        &loaded.files,
+        &out,
+        form,
+        out_dtype,
+        args.force,
+        |dir, bytes| {
+            let t = Timings {
+                load_s,
+                calibration_s,
+                block_influence_s,
+                compress_s,
+                save_s: t.elapsed().as_secs_f64(),
+                total_s: start.elapsed().as_secs_f64(),
+            };
+            report["timings_s"] = serde_json::to_value(&t)?;
+            report["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
+            report["weights_bytes"] = bytes.into();
+            weights_bytes = bytes;
+            timings = Some(t);
+            write_json(&dir.join("grasp_report.json"), &report)
+        },
+    )?;
     spinner.finish_and_clear();
     let timings = timings.context("the checkpoint was written without its report")?;
 
-    print_summary(&compression, &chosen, params_before, params_after, &timings, &out);
-    log.info(format!("wrote {} ({:.1} MB of weights)", out.display(), weights_bytes as f64 / 1e6));
+    print_summary(
+        &compression,
+        &chosen,
+        params_before,
+        params_after,
+        &timings,
+        &out,
+    );
+    log.info(format!(
+        "wrote {} ({:.1} MB of weights)",
+        out.display(),
+        weights_bytes as f64 / 1e6
+    ));
     Ok(())
 }
 
-fn to_batches(calib: &Calibration, batch_size: usize, device: &candle_core::Device) -> Result<Batches> {
+fn to_batches(
+    calib: &Calibration,
+    batch_size: usize,
+    device: &candle_core::Device,
+) -> Result<Batches> {
     let ids = calib
         .batches(batch_size)
         .map(|b| Calibration::batch_tensor(b, device))
@@ -287,14 +386,28 @@ fn input_cache_budget() -> usize {
         * 1024
 }
 
-fn print_summary(c: &Compression, chosen: &[usize], before: usize, after: usize, t: &Timings, out: &Path) {
+fn print_summary(
+    c: &Compression,
+    chosen: &[usize],
+    before: usize,
+    after: usize,
+    t: &Timings,
+    out: &Path,
+) {
     println!("{:>6}  {:<10} {:>24}", "layer", "block", "ranks kept");
     for b in &c.blocks {
         let ranks: Vec<String> = c
             .modules
             .iter()
             .filter(|m| b.modules.contains(&m.name))
-            .map(|m| format!("{}:{}/{}", m.name.rsplit('.').next().unwrap_or(""), m.k, m.full_rank))
+            .map(|m| {
+                format!(
+                    "{}:{}/{}",
+                    m.name.rsplit('.').next().unwrap_or(""),
+                    m.k,
+                    m.full_rank
+                )
+            })
             .collect();
         println!("{:>6}  {:<10} {}", b.layer, b.block, ranks.join(" "));
     }

@@ -10,7 +10,9 @@ use anyhow::{bail, Context, Result};
 
 pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     let position = args.iter().position(|a| a == "--config");
-    let inline = args.iter().position(|a| a.to_string_lossy().starts_with("--config="));
+    let inline = args
+        .iter()
+        .position(|a| a.to_string_lossy().starts_with("--config="));
     let (index, path, remove) = match (position, inline) {
         (Some(i), _) => match args.get(i + 1) {
             Some(p) => (i, p.clone(), 2),
@@ -27,13 +29,22 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     // Subcommand first (argv[0], subcommand), then the file's flags, then the typed ones.
     out.extend(args.iter().take(2).cloned());
     out.extend(flags.into_iter().map(OsString::from));
-    out.extend(args.iter().enumerate().skip(2).filter(|(i, _)| *i < index || *i >= index + remove).map(|(_, a)| a.clone()));
+    out.extend(
+        args.iter()
+            .enumerate()
+            .skip(2)
+            .filter(|(i, _)| *i < index || *i >= index + remove)
+            .map(|(_, a)| a.clone()),
+    );
     Ok(out)
 }
 
 fn flags_from_file(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read --config {}", path.display()))?;
-    let table: toml::Table = text.parse().with_context(|| format!("--config {} is not valid TOML", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read --config {}", path.display()))?;
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("--config {} is not valid TOML", path.display()))?;
     let mut flags = Vec::new();
     for (key, value) in table {
         let flag = format!("--{}", key.replace('_', "-"));
@@ -49,12 +60,18 @@ fn flags_from_file(path: &Path) -> Result<Vec<String>> {
                     .map(|v| match v {
                         toml::Value::String(s) => Ok(s.clone()),
                         toml::Value::Integer(i) => Ok(i.to_string()),
-                        other => bail!("--config {}: unsupported list item {other} for `{key}`", path.display()),
+                        other => bail!(
+                            "--config {}: unsupported list item {other} for `{key}`",
+                            path.display()
+                        ),
                     })
                     .collect::<Result<_>>()?;
                 flags.extend([flag, parts.join(",")]);
             }
-            other => bail!("--config {}: unsupported value {other} for `{key}`", path.display()),
+            other => bail!(
+                "--config {}: unsupported value {other} for `{key}`",
+                path.display()
+            ),
         }
     }
     Ok(flags)
@@ -70,11 +87,27 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
         std::fs::write(&file, "ratio = 0.7\nmerge = true\nangular = false\nmlp_targets = [\"up_proj\", \"down_proj\"]\nnum_prune_layers = 8\n").unwrap();
-        let args: Vec<OsString> = ["grasp", "compress", "--config", file.to_str().unwrap(), "--ratio", "0.5"].iter().map(OsString::from).collect();
-        let out: Vec<String> = expand(args).unwrap().into_iter().map(|a| a.into_string().unwrap()).collect();
+        let args: Vec<OsString> = [
+            "grasp",
+            "compress",
+            "--config",
+            file.to_str().unwrap(),
+            "--ratio",
+            "0.5",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out: Vec<String> = expand(args)
+            .unwrap()
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
         assert_eq!(&out[..2], &["grasp", "compress"]);
         assert_eq!(&out[out.len() - 2..], &["--ratio", "0.5"]);
-        assert!(out.windows(2).any(|w| w == ["--mlp-targets", "up_proj,down_proj"]));
+        assert!(out
+            .windows(2)
+            .any(|w| w == ["--mlp-targets", "up_proj,down_proj"]));
         assert!(out.contains(&"--merge".to_string()) && !out.contains(&"--angular".to_string()));
         assert!(!out.contains(&"--config".to_string()));
         std::fs::remove_dir_all(dir).unwrap();

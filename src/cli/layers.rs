@@ -32,10 +32,24 @@ pub fn run(args: LayersArgs) -> Result<()> {
     let loaded = load_model(&args.model)?;
     let n_layers = loaded.model.num_layers();
     check_num_prune_layers(args.num_prune_layers, n_layers)?;
-    let calib = args.calibration.load(&loaded.tokenizer, loaded.model.config.max_position_embeddings)?;
+    let calib = args.calibration.load(
+        &loaded.tokenizer,
+        loaded.model.config.max_position_embeddings,
+    )?;
     let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let span = if args.angular { args.num_prune_layers } else { 1 };
-    let bi = block_influence(&loaded.model, &calib, args.calibration.batch_size, args.angular, span, &bar)?;
+    let span = if args.angular {
+        args.num_prune_layers
+    } else {
+        1
+    };
+    let bi = block_influence(
+        &loaded.model,
+        &calib,
+        args.calibration.batch_size,
+        args.angular,
+        span,
+        &bar,
+    )?;
     bar.finish_and_clear();
     let chosen = bi.redundant_layers(args.num_prune_layers);
     print_table(&bi, &chosen);
@@ -58,7 +72,10 @@ pub fn run(args: LayersArgs) -> Result<()> {
 
 pub fn check_num_prune_layers(n: usize, n_layers: usize) -> Result<()> {
     if n < 1 || n >= n_layers {
-        bail!("--num-prune-layers must be between 1 and {} for a model of {n_layers} layers, got {n}", n_layers - 1);
+        bail!(
+            "--num-prune-layers must be between 1 and {} for a model of {n_layers} layers, got {n}",
+            n_layers - 1
+        );
     }
     Ok(())
 }
@@ -67,11 +84,22 @@ pub fn check_num_prune_layers(n: usize, n_layers: usize) -> Result<()> {
 pub fn print_table(bi: &BlockInfluence, chosen: &[usize]) {
     let max = bi.scores.iter().cloned().fold(f64::MIN_POSITIVE, f64::max);
     let label = if bi.angular { "block" } else { "layer" };
-    println!("{label:>7}  {:>10}  ", if bi.angular { "angular" } else { "BI" });
+    println!(
+        "{label:>7}  {:>10}  ",
+        if bi.angular { "angular" } else { "BI" }
+    );
     for (i, s) in bi.scores.iter().enumerate() {
-        let name = if bi.angular && bi.span > 1 { format!("{i}-{}", i + bi.span - 1) } else { i.to_string() };
+        let name = if bi.angular && bi.span > 1 {
+            format!("{i}-{}", i + bi.span - 1)
+        } else {
+            i.to_string()
+        };
         let bar = "#".repeat(((s / max) * 40.0).round() as usize);
-        let redundant = if bi.angular { chosen.first() == Some(&i) } else { chosen.contains(&i) };
+        let redundant = if bi.angular {
+            chosen.first() == Some(&i)
+        } else {
+            chosen.contains(&i)
+        };
         let mark = if redundant { "  <- redundant" } else { "" };
         println!("{name:>7}  {s:>10.6}  {bar}{mark}");
     }

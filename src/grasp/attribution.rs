@@ -35,7 +35,8 @@ pub struct LayerInputs {
 impl LayerInputs {
     /// One forward pass of the model as it is now, up to the highest requested layer.
     pub fn collect(model: &Llama, batches: &Batches, layers: &[usize]) -> Result<Self> {
-        let mut inputs: BTreeMap<usize, Vec<Tensor>> = layers.iter().map(|&l| (l, Vec::new())).collect();
+        let mut inputs: BTreeMap<usize, Vec<Tensor>> =
+            layers.iter().map(|&l| (l, Vec::new())).collect();
         let Some(&top) = layers.iter().max() else {
             return Ok(Self { inputs });
         };
@@ -75,7 +76,14 @@ pub struct BlockGradients {
 
 /// Accumulates dL/dS over the batches for `targets` of `layer`, which must already be in
 /// [`Linear::Svd`] form. `inputs[b]` is layer `layer`'s input for batch `b`.
-pub fn singular_value_gradients(model: &Llama, layer: usize, targets: &[Projection], batches: &Batches, inputs: &[Tensor], progress: &ProgressBar) -> Result<BlockGradients> {
+pub fn singular_value_gradients(
+    model: &Llama,
+    layer: usize,
+    targets: &[Projection],
+    batches: &Batches,
+    inputs: &[Tensor],
+    progress: &ProgressBar,
+) -> Result<BlockGradients> {
     let vars: Vec<_> = targets
         .iter()
         .map(|&p| match model.layers[layer].projection(p) {
@@ -83,7 +91,10 @@ pub fn singular_value_gradients(model: &Llama, layer: usize, targets: &[Projecti
             _ => bail!("{} is not in SVD form", p.module_name(layer)),
         })
         .collect::<Result<_>>()?;
-    let mut grads: Vec<Vec<f64>> = vars.iter().map(|v| vec![0.0; v.as_tensor().elem_count()]).collect();
+    let mut grads: Vec<Vec<f64>> = vars
+        .iter()
+        .map(|v| vec![0.0; v.as_tensor().elem_count()])
+        .collect();
     let mut loss_sum = 0.0;
     for (n, (ids, input)) in batches.ids.iter().zip(inputs).enumerate() {
         let logits = model.forward_from(layer, input)?;
@@ -91,7 +102,10 @@ pub fn singular_value_gradients(model: &Llama, layer: usize, targets: &[Projecti
         let store = loss.backward()?;
         for ((acc, var), &p) in grads.iter_mut().zip(&vars).zip(targets) {
             let Some(g) = store.get(var.as_tensor()) else {
-                bail!("no gradient reached the singular values of {}", p.module_name(layer));
+                bail!(
+                    "no gradient reached the singular values of {}",
+                    p.module_name(layer)
+                );
             };
             let g: Vec<f64> = g.to_dtype(DType::F64)?.to_vec1()?;
             acc.iter_mut().zip(g).for_each(|(a, g)| *a += g);

@@ -83,20 +83,32 @@ pub struct Compression {
 }
 
 /// Compresses `layers` of `model` in place (or removes them with [`Method::Remove`]).
-pub fn compress_layers(model: &mut Llama, layers: &[usize], batches: &Batches, opts: &CompressOptions) -> Result<Compression> {
+pub fn compress_layers(
+    model: &mut Llama,
+    layers: &[usize],
+    batches: &Batches,
+    opts: &CompressOptions,
+) -> Result<Compression> {
     let n = model.num_layers();
     if let Some(bad) = layers.iter().find(|&&l| l >= n) {
-        bail!("layer {bad} is out of range: the model has {n} layers (0..{})", n - 1);
+        bail!(
+            "layer {bad} is out of range: the model has {n} layers (0..{})",
+            n - 1
+        );
     }
     if opts.method == Method::Remove {
         model.remove_layers(layers);
-        return Ok(Compression { layer_inputs: "none", ..Default::default() });
+        return Ok(Compression {
+            layer_inputs: "none",
+            ..Default::default()
+        });
     }
     let mut order = layers.to_vec();
     order.sort_unstable_by(|a, b| b.cmp(a));
     order.dedup();
     let needs_inputs = opts.method == Method::Grasp;
-    let one_pass = order.len() * LayerInputs::bytes_per_layer(model, batches) <= opts.input_cache_budget;
+    let one_pass =
+        order.len() * LayerInputs::bytes_per_layer(model, batches) <= opts.input_cache_budget;
     let mut cache = if needs_inputs && one_pass {
         Some(LayerInputs::collect(model, batches, &order)?)
     } else {
@@ -117,14 +129,20 @@ pub fn compress_layers(model: &mut Llama, layers: &[usize], batches: &Batches, o
             // Layers below `layer` are untouched, so these are the original model's inputs.
             match cache.as_mut().and_then(|c| c.take(layer)) {
                 Some(v) => v,
-                None => LayerInputs::collect(model, batches, &[layer])?.take(layer).unwrap_or_default(),
+                None => LayerInputs::collect(model, batches, &[layer])?
+                    .take(layer)
+                    .unwrap_or_default(),
             }
         };
-        for (block, targets) in [(Block::Mlp, &opts.mlp_targets), (Block::Attention, &opts.attn_targets)] {
+        for (block, targets) in [
+            (Block::Mlp, &opts.mlp_targets),
+            (Block::Attention, &opts.attn_targets),
+        ] {
             if targets.is_empty() {
                 continue;
             }
-            let (modules, report) = compress_block(model, layer, block, targets, batches, &inputs, opts)?;
+            let (modules, report) =
+                compress_block(model, layer, block, targets, batches, &inputs, opts)?;
             out.modules.extend(modules);
             out.blocks.push(report);
         }
@@ -132,7 +150,15 @@ pub fn compress_layers(model: &mut Llama, layers: &[usize], batches: &Batches, o
     Ok(out)
 }
 
-fn compress_block(model: &mut Llama, layer: usize, block: Block, targets: &[Projection], batches: &Batches, inputs: &[Tensor], opts: &CompressOptions) -> Result<(Vec<ModuleReport>, BlockReport)> {
+fn compress_block(
+    model: &mut Llama,
+    layer: usize,
+    block: Block,
+    targets: &[Projection],
+    batches: &Batches,
+    inputs: &[Tensor],
+    opts: &CompressOptions,
+) -> Result<(Vec<ModuleReport>, BlockReport)> {
     let block_name = match block {
         Block::Mlp => "mlp",
         Block::Attention => "attention",
@@ -146,13 +172,22 @@ fn compress_block(model: &mut Llama, layer: usize, block: Block, targets: &[Proj
             bail!("{} is already compressed", p.module_name(layer));
         };
         let d = thin_svd(weight, opts.svd_dtype)?;
-        *proj = Linear::Svd { u: d.u, s: Var::from_tensor(&d.s)?, vh: d.vh, bias: bias.clone() };
+        *proj = Linear::Svd {
+            u: d.u,
+            s: Var::from_tensor(&d.s)?,
+            vh: d.vh,
+            bias: bias.clone(),
+        };
     }
     let svd_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
     let (grads, calib_loss_mean) = if opts.method == Method::Grasp {
-        let bar = runtime::progress_bar(batches.windows() as u64, &format!("layer {layer} {block_name}"), "windows");
+        let bar = runtime::progress_bar(
+            batches.windows() as u64,
+            &format!("layer {layer} {block_name}"),
+            "windows",
+        );
         let g = singular_value_gradients(model, layer, targets, batches, inputs, &bar)?;
         bar.finish_and_clear();
         (Some(g.grads), Some(g.loss_mean))
@@ -184,7 +219,10 @@ fn compress_block(model: &mut Llama, layer: usize, block: Block, targets: &[Proj
         };
         let (in_f, out_f) = (vh.dims()[1], u.dims()[0]);
         let sel = select(&imp, opts.rule, in_f, out_f);
-        let kept = Tensor::new(sel.kept.iter().map(|&k| k as u32).collect::<Vec<_>>(), u.device())?;
+        let kept = Tensor::new(
+            sel.kept.iter().map(|&k| k as u32).collect::<Vec<_>>(),
+            u.device(),
+        )?;
         let truncated = Linear::Svd {
             u: u.index_select(&kept, 1)?,
             s: Var::from_tensor(&s.as_tensor().index_select(&kept, 0)?)?,
@@ -206,7 +244,11 @@ fn compress_block(model: &mut Llama, layer: usize, block: Block, targets: &[Proj
             grad,
             importance: imp,
             retained_importance_fraction: sel.retained_importance_fraction,
-            retained_sigma_energy_fraction: if energy > 0.0 { kept_energy / energy } else { 0.0 },
+            retained_sigma_energy_fraction: if energy > 0.0 {
+                kept_energy / energy
+            } else {
+                0.0
+            },
             boundary_rel_gap: sel.boundary_rel_gap,
         });
     }

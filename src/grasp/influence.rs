@@ -33,12 +33,23 @@ fn cosine(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Scores every layer (or every block of `span` layers when `angular`) on the calibration set.
-pub fn block_influence(model: &Llama, calib: &Calibration, batch_size: usize, angular: bool, span: usize, progress: &ProgressBar) -> Result<BlockInfluence> {
+pub fn block_influence(
+    model: &Llama,
+    calib: &Calibration,
+    batch_size: usize,
+    angular: bool,
+    span: usize,
+    progress: &ProgressBar,
+) -> Result<BlockInfluence> {
     let n_layers = model.num_layers();
     if span == 0 || span > n_layers {
         bail!("cannot score blocks of {span} layers in a model of {n_layers}");
     }
-    let n_scores = if angular { n_layers - span + 1 } else { n_layers };
+    let n_scores = if angular {
+        n_layers - span + 1
+    } else {
+        n_layers
+    };
     let mut sums = vec![0f64; n_scores];
     let mut windows = 0usize;
     for batch in calib.batches(batch_size) {
@@ -49,12 +60,20 @@ pub fn block_influence(model: &Llama, calib: &Calibration, batch_size: usize, an
         let mut last_tokens = vec![embedded.narrow(1, t - 1, 1)?];
         let mut prev = embedded;
         model.run_layers(&prev.clone(), 0, n_layers, |i, out| {
-            let out = if i + 1 == n_layers { model.final_norm(out)? } else { out.clone() };
+            let out = if i + 1 == n_layers {
+                model.final_norm(out)?
+            } else {
+                out.clone()
+            };
             if angular {
                 last_tokens.push(out.narrow(1, t - 1, 1)?);
             } else {
                 let one_minus_cos = (1.0 - cosine(&prev, &out)?)?;
-                sums[i] += one_minus_cos.sum_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()? / t as f64;
+                sums[i] += one_minus_cos
+                    .sum_all()?
+                    .to_dtype(DType::F64)?
+                    .to_scalar::<f64>()?
+                    / t as f64;
             }
             prev = out;
             Ok(())
@@ -63,7 +82,10 @@ pub fn block_influence(model: &Llama, calib: &Calibration, batch_size: usize, an
             for (i, sum) in sums.iter_mut().enumerate() {
                 let cos = cosine(&last_tokens[i], &last_tokens[i + span])?.clamp(-1f32, 1f32)?;
                 let angle: Vec<f32> = cos.flatten_all()?.to_vec1()?;
-                *sum += angle.iter().map(|c| (*c as f64).acos() / std::f64::consts::PI).sum::<f64>();
+                *sum += angle
+                    .iter()
+                    .map(|c| (*c as f64).acos() / std::f64::consts::PI)
+                    .sum::<f64>();
             }
         }
         windows += b;
@@ -108,9 +130,19 @@ mod tests {
 
     #[test]
     fn picks_lowest_layers_or_the_best_angular_block() {
-        let bi = BlockInfluence { scores: vec![0.5, 0.1, 0.3, 0.05, 0.9], angular: false, span: 1, windows: 1 };
+        let bi = BlockInfluence {
+            scores: vec![0.5, 0.1, 0.3, 0.05, 0.9],
+            angular: false,
+            span: 1,
+            windows: 1,
+        };
         assert_eq!(bi.redundant_layers(2), vec![1, 3]);
-        let bi = BlockInfluence { scores: vec![0.5, 0.1, 0.3], angular: true, span: 3, windows: 1 };
+        let bi = BlockInfluence {
+            scores: vec![0.5, 0.1, 0.3],
+            angular: true,
+            span: 3,
+            windows: 1,
+        };
         assert_eq!(bi.redundant_layers(3), vec![1, 2, 3]);
     }
 }

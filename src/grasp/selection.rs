@@ -49,7 +49,8 @@ impl RankRule {
 /// k for the ratio rule, clamped to [1, full rank].
 pub fn rank_for_ratio(in_features: usize, out_features: usize, ratio: f64) -> usize {
     let full = in_features.min(out_features);
-    let k = (in_features * out_features) as f64 * (1.0 - ratio) / (in_features + out_features) as f64;
+    let k =
+        (in_features * out_features) as f64 * (1.0 - ratio) / (in_features + out_features) as f64;
     (k.floor() as usize).clamp(1, full)
 }
 
@@ -73,7 +74,12 @@ pub struct Selection {
     pub boundary_rel_gap: f64,
 }
 
-pub fn select(importance: &[f64], rule: RankRule, in_features: usize, out_features: usize) -> Selection {
+pub fn select(
+    importance: &[f64],
+    rule: RankRule,
+    in_features: usize,
+    out_features: usize,
+) -> Selection {
     let order = importance_order(importance);
     let total: f64 = importance.iter().sum();
     let k = match rule {
@@ -138,8 +144,14 @@ mod tests {
 
     #[test]
     fn metrics() {
-        assert_eq!(importance(Metric::Taylor, &[2.0, 3.0], &[-0.5, 0.1]), vec![1.0, 0.30000000000000004]);
-        assert_eq!(importance(Metric::Gradient, &[2.0, 3.0], &[-0.5, 0.1]), vec![0.5, 0.1]);
+        assert_eq!(
+            importance(Metric::Taylor, &[2.0, 3.0], &[-0.5, 0.1]),
+            vec![1.0, 0.30000000000000004]
+        );
+        assert_eq!(
+            importance(Metric::Gradient, &[2.0, 3.0], &[-0.5, 0.1]),
+            vec![0.5, 0.1]
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use candle_core::{DType, Device, Tensor};
 use faer::Mat;
 
 /// Precision the decomposition is computed in, whatever the model dtype.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum SvdDtype {
     F32,
@@ -32,7 +34,12 @@ pub fn thin_svd(weight: &Tensor, precision: SvdDtype) -> Result<ThinSvd> {
     let dtype = weight.dtype();
     Ok(ThinSvd {
         u: u.to_dtype(dtype)?.to_device(device)?,
-        s: s.to_dtype(if dtype == DType::F64 { DType::F64 } else { DType::F32 })?.to_device(device)?,
+        s: s.to_dtype(if dtype == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        })?
+        .to_device(device)?,
         vh: vh.to_dtype(dtype)?.to_device(device)?,
     })
 }
@@ -75,12 +82,11 @@ mod tests {
 
     fn reconstruction_error(w: &Tensor, precision: SvdDtype) -> f32 {
         let d = thin_svd(w, precision).unwrap();
-        let rebuilt = d
-            .u
-            .broadcast_mul(&d.s.unsqueeze(0).unwrap())
-            .unwrap()
-            .matmul(&d.vh)
-            .unwrap();
+        let rebuilt =
+            d.u.broadcast_mul(&d.s.unsqueeze(0).unwrap())
+                .unwrap()
+                .matmul(&d.vh)
+                .unwrap();
         let err = (rebuilt - w).unwrap().sqr().unwrap().sum_all().unwrap();
         let norm = w.sqr().unwrap().sum_all().unwrap();
         (err.to_scalar::<f32>().unwrap() / norm.to_scalar::<f32>().unwrap()).sqrt()

@@ -17,7 +17,10 @@ pub fn check_output(out: &Path, force: bool) -> Result<()> {
         return Ok(());
     }
     if !force {
-        bail!("{} already exists (pass --force to replace it)", out.display());
+        bail!(
+            "{} already exists (pass --force to replace it)",
+            out.display()
+        );
     }
     if !out.is_dir() {
         bail!("{} exists and is not a directory", out.display());
@@ -73,7 +76,10 @@ impl Staging {
         }
         fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         remove_on_interrupt(&dir);
-        Ok(Self { dir, committed: false })
+        Ok(Self {
+            dir,
+            committed: false,
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -85,7 +91,10 @@ impl Staging {
         publish_permissions(&self.dir)?;
         if out.exists() {
             if !force {
-                bail!("{} appeared while it was being written (pass --force to replace it)", out.display());
+                bail!(
+                    "{} appeared while it was being written (pass --force to replace it)",
+                    out.display()
+                );
             }
             let old = sibling(out, "old")?;
             fs::rename(out, &old)
@@ -93,7 +102,8 @@ impl Staging {
             if let Err(e) = fs::rename(&self.dir, out) {
                 // Put the previous output back rather than leave none.
                 let _ = fs::rename(&old, out);
-                return Err(e).with_context(|| format!("cannot move the result to {}", out.display()));
+                return Err(e)
+                    .with_context(|| format!("cannot move the result to {}", out.display()));
             }
             fs::remove_dir_all(&old)
                 .with_context(|| format!("cannot remove the old output {}", old.display()))?;
@@ -144,7 +154,10 @@ pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
 
 /// A safetensors file with the metadata transformers' save_pretrained writes (format=pt):
 /// transformers refuses files without it.
-pub fn write_safetensors<'a>(path: &Path, tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>) -> Result<()> {
+pub fn write_safetensors<'a>(
+    path: &Path,
+    tensors: impl IntoIterator<Item = (&'a str, &'a Tensor)>,
+) -> Result<()> {
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(tensors, Some(metadata), path)
         .with_context(|| format!("cannot write {}", path.display()))

@@ -94,7 +94,10 @@ impl LlamaConfig {
             serde_json::from_value(value.clone()).context("not a Llama config.json")?;
         if let Some(t) = &raw.model_type {
             if !LLAMA_LIKE.contains(&t.as_str()) {
-                bail!("model_type `{t}` is not Llama-like (supported: {})", LLAMA_LIKE.join(", "));
+                bail!(
+                    "model_type `{t}` is not Llama-like (supported: {})",
+                    LLAMA_LIKE.join(", ")
+                );
             }
         }
         if let Some(act) = &raw.hidden_act {
@@ -105,13 +108,19 @@ impl LlamaConfig {
         let heads = raw.num_attention_heads;
         let kv_heads = raw.num_key_value_heads.unwrap_or(heads);
         if heads == 0 || kv_heads == 0 || !heads.is_multiple_of(kv_heads) {
-            bail!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}");
+            bail!(
+                "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+            );
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
         let rope_params = raw.rope_parameters.as_ref();
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
             .unwrap_or(10_000.0);
         let scaling = raw.rope_scaling.as_ref().or(rope_params);
         Ok(Self {

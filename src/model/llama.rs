@@ -59,9 +59,9 @@ impl Projection {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|p| {
-            p.short_name() == name || p.short_name().trim_end_matches("_proj") == name
-        })
+        Self::ALL
+            .into_iter()
+            .find(|p| p.short_name() == name || p.short_name().trim_end_matches("_proj") == name)
     }
 
     pub fn block(self) -> Block {
@@ -149,7 +149,10 @@ impl Rotary {
     }
 
     fn tables(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
-        Ok((self.cos.narrow(0, 0, seq_len)?, self.sin.narrow(0, 0, seq_len)?))
+        Ok((
+            self.cos.narrow(0, 0, seq_len)?,
+            self.sin.narrow(0, 0, seq_len)?,
+        ))
     }
 }
 
@@ -254,9 +257,20 @@ impl DecoderLayer {
 }
 
 /// Loads a projection in whichever form the checkpoint stores it.
-fn load_linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize, bias: bool, rank: Option<usize>) -> Result<Linear> {
+fn load_linear(
+    vb: &VarBuilder,
+    name: &str,
+    in_dim: usize,
+    out_dim: usize,
+    bias: bool,
+    rank: Option<usize>,
+) -> Result<Linear> {
     let vb = vb.pp(name);
-    let bias = if bias { Some(vb.get(out_dim, "bias")?) } else { None };
+    let bias = if bias {
+        Some(vb.get(out_dim, "bias")?)
+    } else {
+        None
+    };
     match rank {
         Some(r) => Ok(Linear::Factorized {
             svd_in: vb.pp("svd_in").get((r, in_dim), "weight")?,
@@ -272,14 +286,22 @@ fn load_linear(vb: &VarBuilder, name: &str, in_dim: usize, out_dim: usize, bias:
 
 impl Llama {
     /// Loads safetensors weights (memory-mapped) in `dtype` onto `device`.
-    pub fn load(cfg: &LlamaConfig, weights: &[PathBuf], dtype: DType, device: &Device) -> anyhow::Result<Self> {
+    pub fn load(
+        cfg: &LlamaConfig,
+        weights: &[PathBuf],
+        dtype: DType,
+        device: &Device,
+    ) -> anyhow::Result<Self> {
         let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device)? };
         Self::from_var_builder(cfg, vb).context("checkpoint does not match config.json")
     }
 
     pub fn from_var_builder(cfg: &LlamaConfig, vb: VarBuilder) -> anyhow::Result<Self> {
         let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
-        let (q_dim, kv_dim) = (cfg.num_attention_heads * cfg.head_dim, cfg.num_key_value_heads * cfg.head_dim);
+        let (q_dim, kv_dim) = (
+            cfg.num_attention_heads * cfg.head_dim,
+            cfg.num_key_value_heads * cfg.head_dim,
+        );
         let rank_of = |name: &str| cfg.grasp.as_ref().and_then(|g| g.ranks.get(name).copied());
         let embed_tokens = vb.get((cfg.vocab_size, h), "model.embed_tokens.weight")?;
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
@@ -290,7 +312,14 @@ impl Llama {
                     Block::Attention => lvb.pp("self_attn"),
                     Block::Mlp => lvb.pp("mlp"),
                 };
-                load_linear(&parent, p.short_name(), in_dim, out_dim, bias, rank_of(&p.module_name(i)))
+                load_linear(
+                    &parent,
+                    p.short_name(),
+                    in_dim,
+                    out_dim,
+                    bias,
+                    rank_of(&p.module_name(i)),
+                )
             };
             layers.push(DecoderLayer {
                 input_layernorm: lvb.get(h, "input_layernorm.weight")?,
@@ -356,7 +385,13 @@ impl Llama {
 
     /// Runs layers `start..end` on `hidden` (the input of layer `start`), calling `visit` with
     /// each layer's output; returns layer `end - 1`'s output (before the final norm).
-    pub fn run_layers(&self, hidden: &Tensor, start: usize, end: usize, mut visit: impl FnMut(usize, &Tensor) -> Result<()>) -> Result<Tensor> {
+    pub fn run_layers(
+        &self,
+        hidden: &Tensor,
+        start: usize,
+        end: usize,
+        mut visit: impl FnMut(usize, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
         let t = hidden.dim(1)?;
         if t > self.config.max_position_embeddings {
             candle_core::bail!(
@@ -427,7 +462,10 @@ impl Llama {
         let per_token: f64 = self.layers[start..]
             .iter()
             .map(|l| {
-                let weights: usize = Projection::ALL.iter().map(|p| l.projection(*p).num_params()).sum();
+                let weights: usize = Projection::ALL
+                    .iter()
+                    .map(|p| l.projection(*p).num_params())
+                    .sum();
                 2.0 * weights as f64 + 4.0 * seq_len as f64 * q_dim
             })
             .sum::<f64>()
@@ -437,7 +475,11 @@ impl Llama {
 
     pub fn num_params(&self) -> usize {
         self.embed_tokens.elem_count()
-            + self.layers.iter().map(DecoderLayer::num_params).sum::<usize>()
+            + self
+                .layers
+                .iter()
+                .map(DecoderLayer::num_params)
+                .sum::<usize>()
             + self.norm.elem_count()
             + self.lm_head.as_ref().map_or(0, Tensor::elem_count)
     }
@@ -455,7 +497,9 @@ pub fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
     // (batch, seq, vocab) gradient.
     let targets = Tensor::cat(&[ids.narrow(1, 1, t - 1)?, ids.narrow(1, 0, 1)?], 1)?;
     let scored = 1.0 / (b * (t - 1)) as f64;
-    let weights: Vec<f64> = (0..b * t).map(|i| if i % t == t - 1 { 0.0 } else { scored }).collect();
+    let weights: Vec<f64> = (0..b * t)
+        .map(|i| if i % t == t - 1 { 0.0 } else { scored })
+        .collect();
     let logits = ops::at_least_f32(logits)?;
     let weights = Tensor::from_vec(weights, (b, t), logits.device())?.to_dtype(logits.dtype())?;
     ops::weighted_cross_entropy(&logits, &targets, &weights)
