@@ -2,7 +2,10 @@
 //! against central finite differences in f64, and each op against candle's composed,
 //! differentiable form (forward and gradient).
 
+mod common;
+
 use candle_core::{DType, Device, Result, Tensor, Var, D};
+use common::max_abs_diff;
 use grasp::model::linear::Linear;
 use grasp::model::llama::next_token_loss;
 use grasp::model::ops;
@@ -15,19 +18,6 @@ fn randn(shape: &[usize], dtype: DType) -> Tensor {
     Tensor::randn(0f64, 1., shape, &Device::Cpu)
         .unwrap()
         .to_dtype(dtype)
-        .unwrap()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_dtype(DType::F64).unwrap();
-    let b = b.to_dtype(DType::F64).unwrap();
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar()
         .unwrap()
 }
 

@@ -8,11 +8,10 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{CalibrationArgs, Log, ModelArgs};
-use super::layers::{check_num_prune_layers, print_table};
+use super::layers::{check_num_prune_layers, print_table, score_layers};
 use crate::data::calibration::Calibration;
 use crate::grasp::attribution::Batches;
 use crate::grasp::compress::{compress_layers, CompressOptions, Compression, Method};
-use crate::grasp::influence::block_influence;
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
 use crate::io::load::load_model;
@@ -201,21 +200,13 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let calibration_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let span = if args.angular {
-        args.num_prune_layers.unwrap_or(1)
-    } else {
-        1
-    };
-    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let bi = block_influence(
+    let bi = score_layers(
         &model,
         &calib,
         args.calibration.batch_size,
         args.angular,
-        span,
-        &bar,
+        args.num_prune_layers.unwrap_or(1),
     )?;
-    bar.finish_and_clear();
     let chosen = match (&args.layers, args.num_prune_layers) {
         (Some(l), _) => {
             let mut l = l.clone();

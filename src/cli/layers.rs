@@ -6,9 +6,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{CalibrationArgs, ModelArgs};
+use crate::data::calibration::Calibration;
 use crate::grasp::influence::{block_influence, BlockInfluence};
 use crate::io::load::load_model;
 use crate::io::save::write_json;
+use crate::model::Llama;
 use crate::runtime;
 
 #[derive(Args, Debug)]
@@ -36,21 +38,13 @@ pub fn run(args: LayersArgs) -> Result<()> {
         &loaded.tokenizer,
         loaded.model.config.max_position_embeddings,
     )?;
-    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let span = if args.angular {
-        args.num_prune_layers
-    } else {
-        1
-    };
-    let bi = block_influence(
+    let bi = score_layers(
         &loaded.model,
         &calib,
         args.calibration.batch_size,
         args.angular,
-        span,
-        &bar,
+        args.num_prune_layers,
     )?;
-    bar.finish_and_clear();
     let chosen = bi.redundant_layers(args.num_prune_layers);
     print_table(&bi, &chosen);
     println!("redundant layers: {chosen:?}");
@@ -68,6 +62,21 @@ pub fn run(args: LayersArgs) -> Result<()> {
         write_json(path, &json)?;
     }
     Ok(())
+}
+
+/// Block Influence with a progress bar; in angular mode over blocks of `num_prune_layers`.
+pub fn score_layers(
+    model: &Llama,
+    calib: &Calibration,
+    batch_size: usize,
+    angular: bool,
+    num_prune_layers: usize,
+) -> Result<BlockInfluence> {
+    let span = if angular { num_prune_layers } else { 1 };
+    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
+    let bi = block_influence(model, calib, batch_size, angular, span, &bar)?;
+    bar.finish_and_clear();
+    Ok(bi)
 }
 
 pub fn check_num_prune_layers(n: usize, n_layers: usize) -> Result<()> {
