@@ -10,7 +10,7 @@ cargo build --release
 
 export MODEL_NAME_OR_PATH=models/smollm2-135m NUM_PRUNE_LAYERS=4 COMPRESSION_RATIO=0.5
 export NUM_SAMPLES=8 SEQ_LEN=128 FORCE=true
-export EVAL_TASKS=arc_easy EVAL_PPL=wikitext2 EVAL_LIMIT=${EVAL_LIMIT:-100}
+export EVAL_TASKS=arc_easy EVAL_PPL=wikitext2 EVAL_LIMIT=${EVAL_LIMIT:-40}
 
 SAVE_PATH=out/quickstart-factorized scripts/run_grasp.sh
 SAVE_PATH=out/quickstart-merged MERGE=true scripts/run_grasp.sh
