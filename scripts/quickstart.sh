@@ -16,5 +16,5 @@ SAVE_PATH=out/quickstart-factorized scripts/run_grasp.sh
 SAVE_PATH=out/quickstart-merged MERGE=true scripts/run_grasp.sh
 
 for model in models/smollm2-135m out/quickstart-factorized out/quickstart-merged; do
-    SAVE_PATH=$model EVAL_JSON=$model/eval.json scripts/run_evaluate.sh --ppl-seq-len 512
+    SAVE_PATH=$model EVAL_JSON=out/$(basename "$model")-eval.json scripts/run_evaluate.sh --ppl-seq-len 512
 done
