@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
+use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::common::{CalibrationArgs, Log, ModelArgs};
@@ -117,9 +117,9 @@ fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
     let name = match args.method {
         Method::Grasp => format!(
             "{model_name}-grasp-{}-{layers}-{rule}",
-            serde_json::to_value(args.metric)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
+            args.metric
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
                 .unwrap_or_default()
         ),
         Method::Svd => format!("{model_name}-svd-{layers}-{rule}"),

@@ -13,6 +13,7 @@ use crate::data::tasks::{task_file, Split, Task};
 use crate::eval::perplexity::{perplexity, PerplexityResult, PerplexitySpec};
 use crate::eval::tasks::{averages, markdown_table, run_task, Averages, TaskOptions, TaskResult};
 use crate::io::load::{load_model, Loaded};
+use crate::io::staging::write_json;
 
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -105,7 +106,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
             perplexity: &ppl_results,
             total_seconds: started.elapsed().as_secs_f64(),
         };
-        write_json_atomically(path, &report)?;
+        write_json(path, &report).context("--json")?;
         println!("wrote {}", path.display());
     }
     Ok(())
@@ -215,21 +216,4 @@ fn check_parent_dir(path: &Path) -> Result<()> {
         ),
         _ => Ok(()),
     }
-}
-
-/// Writes `FILE.tmp` then renames it, so a crash never leaves a half-written report.
-fn write_json_atomically(path: &Path, value: &impl Serialize) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let text = serde_json::to_string_pretty(value).context("cannot serialize the report")?;
-    std::fs::write(&tmp, text + "\n")
-        .with_context(|| format!("--json: cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| {
-        format!(
-            "--json: cannot rename {} to {}",
-            tmp.display(),
-            path.display()
-        )
-    })
 }

@@ -147,9 +147,15 @@ fn publish_permissions(dir: &Path) -> Result<()> {
     Ok(())
 }
 
-pub fn write_json(path: &Path, value: &serde_json::Value) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+/// Pretty JSON written to `path.tmp` and renamed, so a reader never sees half a file.
+pub fn write_json(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).context("cannot serialize JSON")?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    fs::write(&tmp, text + "\n").with_context(|| format!("cannot write {}", tmp.display()))?;
+    fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
 /// A safetensors file with the metadata transformers' save_pretrained writes (format=pt):
