@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use grasp::grasp::svd::{thin_svd, SvdDtype};
 use grasp::io::load::{load_files, resolve};
 use grasp::model::linear::Linear;
-use grasp::model::llama::{next_token_loss, Projection};
+use grasp::model::llama::Projection;
 
 fn main() -> anyhow::Result<()> {
     // As the grasp binary does, so that the figures are the command line's.
@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let mut b_total = 0.0;
     for _ in 0..reps {
         let t = Instant::now();
-        let loss = next_token_loss(&model.forward_from(layer, &input)?, &ids)?;
+        let loss = model.next_token_loss_from(layer, &input, &ids)?;
         let f = t.elapsed().as_secs_f64();
         let t = Instant::now();
         loss.backward()?;

@@ -6,7 +6,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use grasp::grasp::svd::{thin_svd, SvdDtype};
 use grasp::model::linear::Linear;
-use grasp::model::llama::{next_token_loss, Projection};
+use grasp::model::llama::Projection;
 use grasp::model::Llama;
 
 /// Logits of every golden text: last-position logits, per-position sums and argmaxes, loss.
@@ -41,7 +41,8 @@ fn check_golden_logits(dir: &std::path::Path, golden_name: &str) {
             .to_vec1()
             .unwrap();
         let argmax: Vec<u32> = logits.argmax(1).unwrap().to_vec1().unwrap();
-        let loss = next_token_loss(&logits.unsqueeze(0).unwrap(), &input)
+        let loss = model
+            .next_token_loss(&input)
             .unwrap()
             .to_scalar::<f32>()
             .unwrap() as f64;
@@ -126,7 +127,7 @@ fn singular_value_gradients_match_finite_differences() {
         Projection::Down,
     ];
     let vars = to_svd(&mut model, 0, &targets);
-    let loss_of = |m: &Llama| next_token_loss(&m.forward(&ids).unwrap(), &ids).unwrap();
+    let loss_of = |m: &Llama| m.next_token_loss(&ids).unwrap();
     let grads = loss_of(&model).backward().unwrap();
     let h = 1e-6;
     let mut worst = 0f64;
@@ -169,10 +170,7 @@ fn every_singular_value_gets_a_gradient() {
     let last = model.num_layers() - 1;
     let mut vars = to_svd(&mut model, 0, &Projection::ALL);
     vars.extend(to_svd(&mut model, last, &Projection::ALL));
-    let grads = next_token_loss(&model.forward(&ids).unwrap(), &ids)
-        .unwrap()
-        .backward()
-        .unwrap();
+    let grads = model.next_token_loss(&ids).unwrap().backward().unwrap();
     for v in &vars {
         let g = grads.get(v.as_tensor()).expect("gradient is None");
         let norm = g

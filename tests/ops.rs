@@ -7,7 +7,6 @@ mod common;
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use common::max_abs_diff;
 use grasp::model::linear::Linear;
-use grasp::model::llama::next_token_loss;
 use grasp::model::ops;
 
 /// A function of one tensor.
@@ -121,34 +120,71 @@ fn rms_norm_matches_finite_differences_and_the_composed_form() {
     });
 }
 
-/// Attention scores with the causal mask the model adds: masked entries get probability 0 and
-/// gradient 0.
+/// The composed, differentiable attention: keys and values repeated for every query head, the
+/// full score matrix masked above the diagonal, candle's composed softmax.
+fn composed_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {
+    let (groups, t) = (q.dim(1)? / k.dim(1)?, q.dim(2)?);
+    let k = candle_transformers::utils::repeat_kv(k.clone(), groups)?;
+    let v = candle_transformers::utils::repeat_kv(v.clone(), groups)?;
+    let mask: Vec<f64> = (0..t * t)
+        .map(|n| {
+            if n % t > n / t {
+                f64::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (t, t), q.device())?.to_dtype(q.dtype())?;
+    let scores = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&mask)?;
+    candle_nn::ops::softmax(&scores, D::Minus1)?.matmul(&v)
+}
+
+/// Attention of 4 query heads over 2 key/value heads and 8 positions, in query blocks of 3 (so
+/// the last block is short), checked with respect to each of q, k and v.
 #[test]
-fn softmax_matches_finite_differences_and_the_composed_form() {
-    check(|dtype| {
-        let t = 6;
-        let mask: Vec<f64> = (0..t * t)
-            .map(|k| {
-                if k % t > k / t {
-                    f64::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        let mask = Tensor::from_vec(mask, (t, t), &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
-            .unwrap();
-        let mask2 = mask.clone();
-        Case {
-            x: randn(&[1, 2, t, t], dtype),
-            fast: Box::new(move |x| ops::softmax_last_dim(&x.broadcast_add(&mask)?)),
-            composed: Box::new(move |x| {
-                candle_nn::ops::softmax(&x.broadcast_add(&mask2)?, D::Minus1)
-            }),
-        }
-    });
+fn causal_attention_matches_finite_differences_and_the_composed_form() {
+    for which in 0..3 {
+        check(|dtype| {
+            let qkv = [
+                randn(&[1, 4, 8, 4], dtype),
+                randn(&[1, 2, 8, 4], dtype),
+                randn(&[1, 2, 8, 4], dtype),
+            ];
+            let (fixed, fixed2) = (qkv.clone(), qkv.clone());
+            let with = move |fixed: &[Tensor; 3], x: &Tensor| {
+                let mut args = fixed.clone();
+                args[which] = x.clone();
+                args
+            };
+            Case {
+                x: qkv[which].clone(),
+                fast: Box::new(move |x| {
+                    let [q, k, v] = with(&fixed, x);
+                    ops::causal_attention(&q, &k, &v, 0.5, 3)
+                }),
+                composed: Box::new(move |x| {
+                    let [q, k, v] = with(&fixed2, x);
+                    composed_attention(&q, &k, &v, 0.5)
+                }),
+            }
+        });
+    }
+}
+
+/// The block size changes how the work is cut, not the result.
+#[test]
+fn causal_attention_blocks_agree() {
+    let (q, k, v) = (
+        randn(&[2, 6, 20, 8], DType::F32),
+        randn(&[2, 2, 20, 8], DType::F32),
+        randn(&[2, 2, 20, 8], DType::F32),
+    );
+    let whole = ops::causal_attention(&q, &k, &v, 0.3, 20).unwrap();
+    for block in [1, 7, 16, 64] {
+        let blocked = ops::causal_attention(&q, &k, &v, 0.3, block).unwrap();
+        assert!(max_abs_diff(&whole, &blocked) < 1e-5, "block {block}");
+    }
 }
 
 #[test]
@@ -180,31 +216,51 @@ fn frozen_matmul_matches_finite_differences_and_the_composed_form() {
     });
 }
 
-/// candle's mean cross-entropy over every position but the last, which has no next token.
-fn composed_next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (b, t, v) = logits.dims3()?;
-    let pred = logits.narrow(1, 0, t - 1)?.reshape((b * (t - 1), v))?;
-    candle_nn::loss::cross_entropy(&pred, &ids.narrow(1, 1, t - 1)?.flatten_all()?)
+/// candle's weighted cross-entropy of the full logits x·wᵀ.
+fn composed_cross_entropy(
+    x: &Tensor,
+    w: &Tensor,
+    targets: &Tensor,
+    weights: &Tensor,
+) -> Result<Tensor> {
+    let log_p = candle_nn::ops::log_softmax(&x.matmul(&w.t()?)?, D::Minus1)?;
+    let picked = log_p.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    (picked * weights)?.sum_all()?.neg()
 }
 
+/// 150 rows, so the fused head runs in blocks of 64, 64 and 22; one row has weight 0 (the
+/// last position of a window) and must contribute nothing.
 #[test]
-fn next_token_loss_matches_finite_differences_and_the_composed_form() {
+fn linear_cross_entropy_matches_finite_differences_and_the_composed_form() {
     check(|dtype| {
-        let ids = Tensor::new(&[[3u32, 0, 6, 6, 1], [5, 2, 2, 4, 0]], &Device::Cpu).unwrap();
-        let ids2 = ids.clone();
+        let rows = 150;
+        let w = (randn(&[11, 6], dtype) * 2.0).unwrap();
+        let targets: Vec<u32> = (0..rows as u32).map(|i| (i * 7) % 11).collect();
+        let targets = Tensor::new(targets.as_slice(), &Device::Cpu).unwrap();
+        let weights: Vec<f64> = (0..rows)
+            .map(|i| if i == 5 { 0.0 } else { 0.01 + i as f64 * 1e-4 })
+            .collect();
+        let weights = Tensor::new(weights.as_slice(), &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
+        let (w2, targets2, weights2) = (w.clone(), targets.clone(), weights.clone());
         Case {
-            x: (randn(&[2, 5, 7], dtype) * 3.0).unwrap(),
-            fast: Box::new(move |l| next_token_loss(l, &ids)),
-            composed: Box::new(move |l| composed_next_token_loss(l, &ids2)),
+            x: randn(&[rows, 6], dtype),
+            fast: Box::new(move |x| ops::linear_cross_entropy(x, &w, &targets, &weights)),
+            composed: Box::new(move |x| composed_cross_entropy(x, &w2, &targets2, &weights2)),
         }
     });
 }
 
 #[test]
 fn next_token_loss_rejects_a_single_position() {
-    let logits = randn(&[1, 1, 7], DType::F32);
+    let Some(dir) = common::stories_dir() else {
+        return;
+    };
+    let model = common::load(&dir, DType::F32).model;
     let ids = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
-    assert!(next_token_loss(&logits, &ids).is_err());
+    assert!(model.next_token_loss(&ids).is_err());
 }
 
 /// dL/dS of an SVD projection flows through both frozen matmuls, and neither U nor Vh gets a
@@ -246,7 +302,7 @@ fn constant_inputs_stay_out_of_the_graph() {
     );
     for y in [
         ops::rms_norm(&x, &w, 1e-5).unwrap(),
-        ops::softmax_last_dim(&x).unwrap(),
+        ops::causal_attention(&x, &x, &x, 0.5, 2).unwrap(),
         ops::rope(&x, &cos, &sin).unwrap(),
         ops::matmul_t(&x, &randn(&[3, 8], DType::F32)).unwrap(),
     ] {
@@ -285,12 +341,13 @@ fn a_trainable_weight_still_gets_its_gradient() {
 /// (2⁻⁸ relative, a few roundings deep) of the gradient of the same inputs in f32.
 #[test]
 fn bf16_gradients_follow_the_f32_ones() {
-    let x = randn(&[2, 3, 16], DType::BF16);
+    let x = randn(&[1, 2, 3, 16], DType::BF16);
     let w = randn(&[16], DType::BF16);
-    let probe = randn(&[2, 3, 16], DType::F32);
+    let probe = randn(&[1, 2, 3, 16], DType::F32);
     let loss = |x: &Tensor| -> Result<Tensor> {
         let w = w.to_dtype(x.dtype())?;
-        let h = ops::softmax_last_dim(&ops::rms_norm(x, &w, 1e-5)?)?;
+        let h = ops::rms_norm(x, &w, 1e-5)?;
+        let h = ops::causal_attention(&h, &h, &h, 0.5, 2)?;
         (ops::at_least_f32(&h)? * &probe)?.sum_all()
     };
     let (_, half) = value_and_grad(&loss, &x);

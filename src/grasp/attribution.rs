@@ -13,7 +13,7 @@ use candle_core::{DType, Tensor};
 use indicatif::ProgressBar;
 
 use crate::model::linear::Linear;
-use crate::model::llama::{next_token_loss, Projection};
+use crate::model::llama::Projection;
 use crate::model::Llama;
 
 /// The calibration batches as (batch, seq) id tensors on the model's device.
@@ -97,8 +97,7 @@ pub fn singular_value_gradients(
         .collect();
     let mut loss_sum = 0.0;
     for (n, (ids, input)) in batches.ids.iter().zip(inputs).enumerate() {
-        let logits = model.forward_from(layer, input)?;
-        let loss = next_token_loss(&logits, ids)?;
+        let loss = model.next_token_loss_from(layer, input, ids)?;
         let store = loss.backward()?;
         for ((acc, var), &p) in grads.iter_mut().zip(&vars).zip(targets) {
             let Some(g) = store.get(var.as_tensor()) else {

@@ -175,15 +175,8 @@ fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
     }
 }
 
-fn causal_mask(seq_len: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let mask: Vec<f32> = (0..seq_len)
-        .flat_map(|i| (0..seq_len).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
-        .collect();
-    Tensor::from_vec(mask, (seq_len, seq_len), device)?.to_dtype(dtype)
-}
-
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)
@@ -193,13 +186,8 @@ impl Attention {
         let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
-        let groups = self.num_heads / self.num_kv_heads;
-        let k = candle_transformers::utils::repeat_kv(k.contiguous()?, groups)?;
-        let v = candle_transformers::utils::repeat_kv(v.contiguous()?, groups)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let scores = (q.contiguous()?.matmul(&k.t()?)? * scale)?.broadcast_add(mask)?;
-        let probs = ops::softmax_last_dim(&scores)?;
-        let y = probs.matmul(&v.contiguous()?)?;
+        let y = ops::causal_attention(&q, &k, &v, scale, ops::ATTENTION_BLOCK)?;
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -215,9 +203,9 @@ impl Mlp {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &Tensor) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         let h = ops::rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
-        let x = (x + self.self_attn.forward(&h, cos, sin, mask)?)?;
+        let x = (x + self.self_attn.forward(&h, cos, sin)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
         x + self.mlp.forward(&h)?
     }
@@ -400,10 +388,9 @@ impl Llama {
             );
         }
         let (cos, sin) = self.rotary.tables(t)?;
-        let mask = causal_mask(t, self.dtype, &self.device)?;
         let mut x = hidden.clone();
         for (i, layer) in self.layers.iter().enumerate().take(end).skip(start) {
-            x = layer.forward(&x, &cos, &sin, &mask)?;
+            x = layer.forward(&x, &cos, &sin)?;
             visit(i, &x)?;
         }
         Ok(x)
@@ -432,6 +419,28 @@ impl Llama {
         self.head(&h)
     }
 
+    /// Mean next-token cross-entropy of (batch, seq) `ids` from layer `start` on, given that
+    /// layer's input: the loss of a GRASP gradient pass. The head and the loss run fused
+    /// ([`ops::linear_cross_entropy`]), so no (seq, vocab) logits are kept for the backward.
+    pub fn next_token_loss_from(
+        &self,
+        start: usize,
+        hidden: &Tensor,
+        ids: &Tensor,
+    ) -> Result<Tensor> {
+        let (targets, weights) = next_token_targets(ids)?;
+        let h = self.run_layers(hidden, start, self.layers.len(), |_, _| Ok(()))?;
+        let normed = self.final_norm(&h)?;
+        let normed = normed.reshape((targets.elem_count(), self.config.hidden_size))?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        ops::linear_cross_entropy(&normed, w, &targets, &weights)
+    }
+
+    /// Mean next-token cross-entropy of a (batch, seq) batch of ids.
+    pub fn next_token_loss(&self, ids: &Tensor) -> Result<Tensor> {
+        self.next_token_loss_from(0, &self.embed(ids)?, ids)
+    }
+
     /// Logits and every layer's hidden state: entry 0 is the embedding output (the input of
     /// layer 0) and entry i+1 the output of layer i (before the final norm).
     pub fn forward_with_hidden(&self, ids: &Tensor) -> Result<(Tensor, Vec<Tensor>)> {
@@ -456,7 +465,8 @@ impl Llama {
     }
 
     /// Matrix-multiply FLOPs of a forward pass over `tokens` tokens in windows of `seq_len`,
-    /// from layer `start` through the LM head (projections, attention scores and values, head).
+    /// from layer `start` through the LM head: projections, the causal attention scores and
+    /// values (a query at position p sees p + 1 keys), and the head.
     pub fn forward_flops(&self, start: usize, tokens: usize, seq_len: usize) -> f64 {
         let q_dim = (self.config.num_attention_heads * self.config.head_dim) as f64;
         let per_token: f64 = self.layers[start..]
@@ -466,7 +476,7 @@ impl Llama {
                     .iter()
                     .map(|p| l.projection(*p).num_params())
                     .sum();
-                2.0 * weights as f64 + 4.0 * seq_len as f64 * q_dim
+                2.0 * weights as f64 + 2.0 * (seq_len + 1) as f64 * q_dim
             })
             .sum::<f64>()
             + 2.0 * (self.config.vocab_size * self.config.hidden_size) as f64;
@@ -485,24 +495,24 @@ impl Llama {
     }
 }
 
-/// Mean next-token cross-entropy of `logits` (batch, seq, vocab) for `ids` (batch, seq):
-/// position t predicts token t+1.
-pub fn next_token_loss(logits: &Tensor, ids: &Tensor) -> Result<Tensor> {
-    let (b, t, _) = logits.dims3()?;
+/// Targets and weights of the mean next-token cross-entropy over (batch, seq) ids, flattened:
+/// position t is scored against id t+1 with weight 1/(batch·(seq−1)), and the last position,
+/// which has no next token, against the first id with weight 0 (so that every position's
+/// hidden state goes to the head as it is, with no narrowed copy).
+fn next_token_targets(ids: &Tensor) -> Result<(Tensor, Tensor)> {
+    let (b, t) = ids.dims2()?;
     if t < 2 {
-        candle_core::bail!("next_token_loss needs at least 2 positions, got {t}");
+        candle_core::bail!("the next-token loss needs at least 2 positions, got {t}");
     }
-    // Every position is scored against the ids rolled left by one, the last (which has no
-    // next token) with weight 0: narrowing the logits instead would make the backward pad a
-    // (batch, seq, vocab) gradient.
     let targets = Tensor::cat(&[ids.narrow(1, 1, t - 1)?, ids.narrow(1, 0, 1)?], 1)?;
     let scored = 1.0 / (b * (t - 1)) as f64;
     let weights: Vec<f64> = (0..b * t)
         .map(|i| if i % t == t - 1 { 0.0 } else { scored })
         .collect();
-    let logits = ops::at_least_f32(logits)?;
-    let weights = Tensor::from_vec(weights, (b, t), logits.device())?.to_dtype(logits.dtype())?;
-    ops::weighted_cross_entropy(&logits, &targets, &weights)
+    Ok((
+        targets.flatten_all()?,
+        Tensor::from_vec(weights, b * t, ids.device())?,
+    ))
 }
 
 impl crate::eval::CausalLm for Llama {

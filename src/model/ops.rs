@@ -13,7 +13,8 @@ use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
+    Tensor, D,
 };
 
 /// Half-precision tensors are upcast to f32 for reductions, logits and losses; f32 and f64
@@ -25,16 +26,17 @@ pub fn at_least_f32(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-/// The gradient with respect to an op's input, given that input, the op's output and the
-/// output's gradient (all detached).
-type InputGrad = Box<dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync>;
+/// The gradients with respect to an op's inputs, given those inputs, the op's output and the
+/// output's gradient (all detached); None for an input that needs none.
+type InputGrads =
+    Box<dyn Fn(&[Tensor], &Tensor, &Tensor) -> Result<Vec<Option<Tensor>>> + Send + Sync>;
 
 /// The graph node of a value computed outside the graph: its forward hands that value over,
 /// its backward is a hand-written input gradient.
 struct InputOnly {
     name: &'static str,
     value: Mutex<Option<Tensor>>,
-    input_grad: InputGrad,
+    input_grads: InputGrads,
 }
 
 impl InputOnly {
@@ -45,6 +47,35 @@ impl InputOnly {
             .unwrap_or_else(PoisonError::into_inner)
             .take()
             .ok_or_else(|| candle_core::Error::Msg(format!("{}: forward ran twice", self.name)))
+    }
+
+    fn cpu_value(&self) -> Result<(CpuStorage, Shape)> {
+        let value = self.take_value()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cpu(s) => Ok((copy_viewed(s, layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("{}: the value is not on the input's device", self.name),
+        }
+    }
+
+    fn cuda_value(&self) -> Result<(CudaStorage, Shape)> {
+        let value = self.take_value()?;
+        let (storage, layout) = value.storage_and_layout();
+        match &*storage {
+            Storage::Cuda(s) => Ok((copy_viewed(s, layout)?, layout.shape().clone())),
+            _ => candle_core::bail!("{}: the value is not on the input's device", self.name),
+        }
+    }
+
+    fn grads(
+        &self,
+        inputs: &[&Tensor],
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<Vec<Option<Tensor>>> {
+        // Detached so that the gradient does not drag the forward graph along with it.
+        let inputs: Vec<Tensor> = inputs.iter().map(|t| t.detach()).collect();
+        (self.input_grads)(&inputs, &output.detach(), grad)
     }
 }
 
@@ -72,31 +103,64 @@ impl CustomOp1 for InputOnly {
     }
 
     fn cpu_fwd(&self, _: &CpuStorage, _: &Layout) -> Result<(CpuStorage, Shape)> {
-        let value = self.take_value()?;
-        let (storage, layout) = value.storage_and_layout();
-        match &*storage {
-            Storage::Cpu(s) => Ok((copy_viewed(s, layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("{}: the value is not on the input's device", self.name),
-        }
+        self.cpu_value()
     }
 
     fn cuda_fwd(&self, _: &CudaStorage, _: &Layout) -> Result<(CudaStorage, Shape)> {
-        let value = self.take_value()?;
-        let (storage, layout) = value.storage_and_layout();
-        match &*storage {
-            Storage::Cuda(s) => Ok((copy_viewed(s, layout)?, layout.shape().clone())),
-            _ => candle_core::bail!("{}: the value is not on the input's device", self.name),
-        }
+        self.cuda_value()
     }
 
     fn bwd(&self, input: &Tensor, output: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // Detached so that the gradient does not drag the forward graph along with it.
-        (self.input_grad)(&input.detach(), &output.detach(), grad).map(Some)
+        Ok(self.grads(&[input], output, grad)?.pop().flatten())
+    }
+}
+
+impl CustomOp3 for InputOnly {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.cpu_value()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.cuda_value()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        c: &Tensor,
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(&[a, b, c], output, grad)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten(), g.next().flatten()))
     }
 }
 
 /// `value`, computed by a fast kernel from `input.detach()`, as a node of `input`'s graph whose
-/// backward is `input_grad`; just `value` when `input` is not in a graph.
+/// backward is `input_grad(input, output, output_grad)`; just `value` when `input` is not in a
+/// graph.
 fn with_input_grad(
     name: &'static str,
     input: &Tensor,
@@ -109,7 +173,7 @@ fn with_input_grad(
     input.apply_op1(InputOnly {
         name,
         value: Mutex::new(Some(value)),
-        input_grad: Box::new(input_grad),
+        input_grads: Box::new(move |x, y, g| Ok(vec![Some(input_grad(&x[0], y, g)?)])),
     })
 }
 
@@ -172,17 +236,6 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     })
 }
 
-/// Softmax over the last dimension, at least in f32 (as transformers does for attention
-/// weights). The backward is s·(g − Σ g·s).
-pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
-    let xf = at_least_f32(x)?;
-    let value = candle_nn::ops::softmax_last_dim(&xf.detach().contiguous()?)?;
-    let s = with_input_grad("softmax-last-dim", &xf, value, |_, s, g| {
-        s * g.broadcast_sub(&(g * s)?.sum_keepdim(D::Minus1)?)?
-    })?;
-    s.to_dtype(x.dtype())
-}
-
 /// Rotary position embedding in the non-interleaved (rotate-half) layout of HF checkpoints.
 /// `x` is (batch, heads, seq, head_dim); `cos`/`sin` are (seq, head_dim / 2). Each pair is
 /// rotated by θ, so the backward rotates the gradient by −θ: rope(g, cos, −sin).
@@ -197,37 +250,172 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     })
 }
 
-/// Σ over rows of weight · (logsumexp(logits) − logits[target]): the weighted cross-entropy of
-/// `logits` (…, vocab) against u32 `targets` (…), with `weights` (…) in the logits' dtype.
-/// The backward (softmax(logits) − onehot(target))·weight is computed from the logits in the
-/// backward pass itself, so that no (rows, vocab) tensor is kept alive for it.
-pub fn weighted_cross_entropy(
-    logits: &Tensor,
+/// Query rows per block of [`causal_attention`]: at 512 tokens, 4 blocks compute 62.5% of the
+/// full score matrix, and one block's scores stay small enough for the cache-sized GEMMs.
+pub const ATTENTION_BLOCK: usize = 128;
+
+/// The causal mask of query rows `start..start + rows` against keys `0..start + rows`: 0 where
+/// the key is visible, −inf past the query's own position.
+fn causal_mask(start: usize, rows: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let cols = start + rows;
+    let mask: Vec<f32> = (0..rows)
+        .flat_map(|i| {
+            (0..cols).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(mask, (rows, cols), device)?.to_dtype(dtype)
+}
+
+/// Causal scaled dot-product attention with grouped key/value heads: q (batch, heads, seq, d),
+/// k and v (batch, kv_heads, seq, d) → (batch, heads, seq, d), softmax in at least f32 (as
+/// transformers does).
+///
+/// Queries go in blocks of `block` rows, each against the keys up to its own last row only, so
+/// most of the masked upper triangle is never computed; the query heads that share a key/value
+/// head are multiplied as one matrix, so keys and values are never repeated. The backward
+/// keeps only each block's probabilities, not the scores, scaled and masked copies the
+/// composed form keeps, and gives q, k and v their gradients from them.
+pub fn causal_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    block: usize,
+) -> Result<Tensor> {
+    let (b, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let groups = heads / kv_heads;
+    let (dtype, device) = (q.dtype(), q.device().clone());
+    // Rows of query block `start..start + rows`, grouped under their key/value head.
+    let rows_of = move |x: &Tensor, start: usize, rows: usize| -> Result<Tensor> {
+        x.reshape((b, kv_heads, groups, t, d))?
+            .narrow(3, start, rows)?
+            .contiguous()?
+            .reshape((b, kv_heads, groups * rows, d))
+    };
+    let blocks: Vec<(usize, usize)> = (0..t)
+        .step_by(block.max(1))
+        .map(|start| (start, block.max(1).min(t - start)))
+        .collect();
+    let track = q.track_op() || k.track_op() || v.track_op();
+    let (qd, kd, vd) = (
+        q.detach().contiguous()?,
+        k.detach().contiguous()?,
+        v.detach().contiguous()?,
+    );
+    let mut outputs = Vec::with_capacity(blocks.len());
+    let mut probs = Vec::with_capacity(blocks.len());
+    for &(start, rows) in &blocks {
+        let end = start + rows;
+        let scores = (rows_of(&qd, start, rows)?.matmul(&kd.narrow(2, 0, end)?.t()?)? * scale)?
+            .reshape((b, kv_heads, groups, rows, end))?
+            .broadcast_add(&causal_mask(start, rows, dtype, &device)?)?;
+        let p = candle_nn::ops::softmax_last_dim(&at_least_f32(&scores)?)?
+            .to_dtype(dtype)?
+            .reshape((b, kv_heads, groups * rows, end))?;
+        let y = p.matmul(&vd.narrow(2, 0, end)?)?;
+        outputs.push(y.reshape((b, kv_heads, groups, rows, d))?);
+        if track {
+            probs.push(p);
+        }
+    }
+    let value = Tensor::cat(&outputs, 3)?.reshape((b, heads, t, d))?;
+    if !track {
+        return Ok(value);
+    }
+    let input_grads = move |x: &[Tensor], _: &Tensor, g: &Tensor| -> Result<Vec<Option<Tensor>>> {
+        let (q, k, v) = (x[0].contiguous()?, x[1].contiguous()?, x[2].contiguous()?);
+        let g = g.contiguous()?;
+        let (mut dk, mut dv) = (k.zeros_like()?, v.zeros_like()?);
+        let mut dq = Vec::with_capacity(blocks.len());
+        for (&(start, rows), p) in blocks.iter().zip(&probs) {
+            let end = start + rows;
+            let (gb, qb) = (rows_of(&g, start, rows)?, rows_of(&q, start, rows)?);
+            let dp = at_least_f32(&gb.matmul(&v.narrow(2, 0, end)?.t()?)?)?;
+            let pf = at_least_f32(p)?;
+            let ds = ((&pf * dp.broadcast_sub(&(&dp * &pf)?.sum_keepdim(D::Minus1)?)?)? * scale)?
+                .to_dtype(dtype)?;
+            dq.push(
+                ds.matmul(&k.narrow(2, 0, end)?)?
+                    .reshape((b, kv_heads, groups, rows, d))?,
+            );
+            dk = (dk + ds.t()?.matmul(&qb)?.pad_with_zeros(2, 0, t - end)?)?;
+            dv = (dv + p.t()?.matmul(&gb)?.pad_with_zeros(2, 0, t - end)?)?;
+        }
+        let dq = Tensor::cat(&dq, 3)?.reshape((b, heads, t, d))?;
+        Ok(vec![Some(dq), Some(dk), Some(dv)])
+    };
+    q.apply_op3(
+        k,
+        v,
+        InputOnly {
+            name: "causal-attention",
+            value: Mutex::new(Some(value)),
+            input_grads: Box::new(input_grads),
+        },
+    )
+}
+
+/// Rows of logits [`linear_cross_entropy`] computes at a time: 64 × a 49k vocabulary is 12 MB.
+const LOGIT_ROWS: usize = 64;
+
+/// Σ over rows of weight·(logsumexp(ℓ) − ℓ[target]) with logits ℓ = x·wᵀ, for x (rows, hidden),
+/// a frozen head w (vocab, hidden), u32 `targets` (rows) and `weights` (rows): the weighted
+/// cross-entropy of the LM head, [`LOGIT_ROWS`] rows of logits at a time, so that no
+/// (rows, vocab) tensor ever exists. When x is in a graph, each block's gradient
+/// ((softmax(ℓ) − onehot)·weight)·w is computed while its logits are at hand and the backward
+/// only scales it: the same two head products as a forward and a backward, without keeping
+/// the logits.
+pub fn linear_cross_entropy(
+    x: &Tensor,
+    w: &Tensor,
     targets: &Tensor,
     weights: &Tensor,
 ) -> Result<Tensor> {
-    let vocab = logits.dim(D::Minus1)?;
-    let rows = logits.elem_count() / vocab;
+    let rows = x.dim(0)?;
     let targets = targets.reshape((rows, 1))?;
-    let weights = weights.reshape((rows, 1))?;
-    if weights.track_op() {
-        let log_p = candle_nn::ops::log_softmax(&logits.reshape((rows, vocab))?, D::Minus1)?;
+    if w.track_op() || weights.track_op() {
+        let logits = at_least_f32(&x.matmul(&w.t()?)?)?;
+        let log_p = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+        let weights = weights.reshape((rows, 1))?.to_dtype(log_p.dtype())?;
         return (log_p.gather(&targets, 1)? * weights)?.sum_all()?.neg();
     }
-    let l = logits.detach().reshape((rows, vocab))?;
-    let max = l.max_keepdim(1)?;
-    let log_sum_exp = (l.broadcast_sub(&max)?.exp()?.sum_keepdim(1)?.log()? + max)?;
-    let value = ((log_sum_exp - l.gather(&targets, 1)?)? * &weights)?.sum_all()?;
-    with_input_grad(
-        "weighted-cross-entropy",
-        logits,
-        value,
-        move |logits, _, g| {
-            let p = candle_nn::ops::softmax_last_dim(&logits.reshape((rows, vocab))?)?;
-            let minus_one = Tensor::ones((rows, 1), p.dtype(), p.device())?.neg()?;
-            p.scatter_add_set(&targets, &minus_one, 1)?;
-            p.broadcast_mul(&weights.broadcast_mul(g)?)?
-                .reshape(logits.shape())
-        },
-    )
+    let track = x.track_op();
+    let xd = x.detach();
+    let mut losses = Vec::new();
+    let mut grads = Vec::new();
+    for start in (0..rows).step_by(LOGIT_ROWS) {
+        let n = LOGIT_ROWS.min(rows - start);
+        let logits = at_least_f32(&xd.narrow(0, start, n)?.matmul(&w.t()?)?)?;
+        let tb = targets.narrow(0, start, n)?;
+        let wb = weights
+            .narrow(0, start, n)?
+            .reshape((n, 1))?
+            .to_dtype(logits.dtype())?;
+        let max = logits.max_keepdim(1)?;
+        let exp = logits.broadcast_sub(&max)?.exp()?;
+        let sum = exp.sum_keepdim(1)?;
+        let log_sum_exp = (sum.log()? + max)?;
+        losses.push(((log_sum_exp - logits.gather(&tb, 1)?)? * &wb)?.sum_all()?);
+        if track {
+            let p = exp.broadcast_div(&sum)?;
+            let minus_one = Tensor::ones((n, 1), p.dtype(), p.device())?.neg()?;
+            p.scatter_add_set(&tb, &minus_one, 1)?;
+            grads.push(p.broadcast_mul(&wb)?.to_dtype(x.dtype())?.matmul(w)?);
+        }
+    }
+    let value = Tensor::stack(&losses, 0)?.sum_all()?;
+    if !track {
+        return Ok(value);
+    }
+    let dx = Tensor::cat(&grads, 0)?;
+    with_input_grad("linear-cross-entropy", x, value, move |_, _, g| {
+        dx.broadcast_mul(&g.to_dtype(dx.dtype())?)
+    })
 }
