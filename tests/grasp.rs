@@ -8,7 +8,7 @@ use candle_core::{DType, Device};
 use common::*;
 use grasp::data::calibration::Calibration;
 use grasp::grasp::attribution::Batches;
-use grasp::grasp::compress::{compress_layers, CompressOptions, Method};
+use grasp::grasp::compress::{compress_layers, CompressOptions, InputCache, Method};
 use grasp::grasp::influence::block_influence;
 use grasp::grasp::selection::{Metric, RankRule};
 use grasp::grasp::svd::SvdDtype;
@@ -66,12 +66,15 @@ fn smollm2_block_influence_matches_the_reference() {
     }
 }
 
-/// Runs GRASP as the golden run did and compares layers, ranks, kept indices and dL/dS.
-fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
+/// Runs GRASP as the golden run did, with the layer inputs kept in `inputs` ("memory", "disk"
+/// or "recomputed": each must give the same result), and compares layers, ranks, kept indices
+/// and dL/dS.
+fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str) {
     let (Some(run), Some(base)) = (golden(run_name), golden(windows_from)) else {
         return;
     };
     let mut model = load(dir, DType::F32).model;
+    let scratch = TempDir::new(&format!("inputs-{run_name}"));
     let calib = golden_calibration(&base);
     let n_prune = run["args"]["num_prune_layers"].as_u64().unwrap() as usize;
     let bi = block_influence(&model, &calib, 1, false, 1, &ProgressBar::hidden()).unwrap();
@@ -107,7 +110,10 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
             .filter(|p| p.block() == Block::Attention)
             .collect(),
         svd_dtype: SvdDtype::F64,
-        input_cache_budget: usize::MAX,
+        input_cache: InputCache {
+            memory_budget: if inputs == "memory" { usize::MAX } else { 0 },
+            disk_dir: (inputs == "disk").then(|| scratch.path().to_path_buf()),
+        },
     };
     let ids = calib
         .windows
@@ -115,6 +121,7 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str) {
         .map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap())
         .collect();
     let result = compress_layers(&mut model, &chosen, &Batches { ids }, &opts).unwrap();
+    assert_eq!(result.layer_inputs, inputs);
 
     let mut worst_grad = 0f64;
     let mut boundary_swaps = 0;
@@ -176,6 +183,7 @@ fn stories260k_grasp_taylor_ratio_matches_the_reference() {
             &dir,
             "stories260K-grasp-taylor-n2-r0.5.json",
             "stories260K.json",
+            "memory",
         );
     }
 }
@@ -187,6 +195,7 @@ fn stories260k_grasp_gradient_ratio_matches_the_reference() {
             &dir,
             "stories260K-grasp-gradient-n2-r0.5.json",
             "stories260K.json",
+            "recomputed",
         );
     }
 }
@@ -198,6 +207,7 @@ fn stories260k_grasp_taylor_threshold_matches_the_reference() {
             &dir,
             "stories260K-grasp-taylor-n2-thr0.8.json",
             "stories260K.json",
+            "disk",
         );
     }
 }
@@ -209,6 +219,7 @@ fn smollm2_grasp_taylor_ratio_matches_the_reference() {
             &dir,
             "smollm2-135m-grasp-taylor-n4-r0.5.json",
             "smollm2-135m.json",
+            "disk",
         );
     }
 }

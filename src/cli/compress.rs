@@ -11,11 +11,12 @@ use super::common::{CalibrationArgs, Log, ModelArgs};
 use super::layers::{check_num_prune_layers, print_table, score_layers};
 use crate::data::calibration::Calibration;
 use crate::grasp::attribution::Batches;
-use crate::grasp::compress::{compress_layers, CompressOptions, Compression, Method};
+use crate::grasp::compress::{compress_layers, CompressOptions, Compression, InputCache, Method};
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
 use crate::io::load::load_model;
 use crate::io::save::{check_output, save_model, write_json, OutputForm};
+use crate::io::staging::Staging;
 use crate::model::llama::{Block, Projection};
 use crate::runtime;
 
@@ -239,6 +240,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
 
     let t = Instant::now();
     let params_before = model.num_params();
+    let input_dir = Staging::scratch(&out, "inputs")?;
     let opts = CompressOptions {
         method: args.method,
         metric: args.metric,
@@ -246,7 +248,10 @@ pub fn run(args: CompressArgs) -> Result<()> {
         mlp_targets,
         attn_targets,
         svd_dtype: args.svd_dtype,
-        input_cache_budget: input_cache_budget(),
+        input_cache: InputCache {
+            memory_budget: input_cache_budget(),
+            disk_dir: Some(input_dir.dir().to_path_buf()),
+        },
     };
     let compression = compress_layers(&mut model, &chosen, &batches, &opts)?;
     for b in &compression.blocks {
@@ -366,13 +371,16 @@ fn module_map(c: &Compression) -> serde_json::Value {
     )
 }
 
-/// Layer inputs are cached for all chosen layers at once up to this many bytes
-/// (GRASP_INPUT_CACHE_MB, default 4096), beyond that recomputed layer by layer.
+/// Layer inputs are kept in memory for all chosen layers at once up to this many bytes
+/// (GRASP_INPUT_CACHE_MB, default 256), beyond that in files beside the output while the disk
+/// has room, else recomputed layer by layer. Files cost a write and a read of each input, far
+/// less than a prefix forward pass, and keep the peak memory to the model and one window's
+/// activations.
 fn input_cache_budget() -> usize {
     std::env::var("GRASP_INPUT_CACHE_MB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(4096)
+        .unwrap_or(256)
         * 1024
         * 1024
 }

@@ -7,9 +7,10 @@
 //! is a constant to the graph. The result is the same as a full forward and backward pass.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Result};
-use candle_core::{DType, Tensor};
+use anyhow::{bail, Context, Result};
+use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 
 use crate::model::linear::Linear;
@@ -27,31 +28,93 @@ impl Batches {
     }
 }
 
+/// One decoder layer's input for every calibration batch, in memory or in files.
+pub enum Inputs {
+    Memory(Vec<Tensor>),
+    Disk { files: Vec<PathBuf>, device: Device },
+}
+
+impl Inputs {
+    /// Deletes the files of disk-backed inputs once their layer is done (best effort: the
+    /// scratch directory holding them is removed at the end anyway).
+    pub fn remove_files(&self) {
+        if let Inputs::Disk { files, .. } = self {
+            for f in files {
+                let _ = std::fs::remove_file(f);
+            }
+        }
+    }
+
+    /// The input for batch `batch`.
+    pub fn get(&self, batch: usize) -> Result<Tensor> {
+        match self {
+            Inputs::Memory(v) => v
+                .get(batch)
+                .cloned()
+                .with_context(|| format!("no cached layer input for batch {batch}")),
+            Inputs::Disk { files, device } => {
+                let file = files
+                    .get(batch)
+                    .with_context(|| format!("no cached layer input for batch {batch}"))?;
+                candle_core::safetensors::load(file, device)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+                    .remove(INPUT)
+                    .with_context(|| format!("{} holds no `{INPUT}` tensor", file.display()))
+            }
+        }
+    }
+}
+
+/// The tensor name in a layer-input file.
+const INPUT: &str = "input";
+
 /// Hidden-state inputs of some decoder layers for every calibration batch.
 pub struct LayerInputs {
-    inputs: BTreeMap<usize, Vec<Tensor>>,
+    inputs: BTreeMap<usize, Inputs>,
 }
 
 impl LayerInputs {
-    /// One forward pass of the model as it is now, up to the highest requested layer.
-    pub fn collect(model: &Llama, batches: &Batches, layers: &[usize]) -> Result<Self> {
-        let mut inputs: BTreeMap<usize, Vec<Tensor>> =
-            layers.iter().map(|&l| (l, Vec::new())).collect();
-        let Some(&top) = layers.iter().max() else {
-            return Ok(Self { inputs });
-        };
-        for ids in &batches.ids {
-            let embedded = model.embed(ids)?;
-            if let Some(v) = inputs.get_mut(&0) {
-                v.push(embedded.clone());
+    /// One forward pass of the model as it is now, up to the highest requested layer. The
+    /// inputs are kept in memory, or written to files under `disk` as they are computed (so
+    /// that they take no memory until a gradient pass reads them back, one batch at a time).
+    pub fn collect(
+        model: &Llama,
+        batches: &Batches,
+        layers: &[usize],
+        disk: Option<&Path>,
+    ) -> Result<Self> {
+        let mut kept: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
+        let mut files: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
+        let mut keep = |layer: usize, batch: usize, input: &Tensor| -> candle_core::Result<()> {
+            if !layers.contains(&layer) {
+                return Ok(());
             }
-            model.run_layers(&embedded, 0, top, |i, out| {
-                if let Some(v) = inputs.get_mut(&(i + 1)) {
-                    v.push(out.clone());
+            match disk {
+                None => kept.entry(layer).or_default().push(input.clone()),
+                Some(dir) => {
+                    let file = dir.join(format!("layer{layer}-batch{batch}.safetensors"));
+                    input.save_safetensors(INPUT, &file)?;
+                    files.entry(layer).or_default().push(file);
                 }
-                Ok(())
-            })?;
+            }
+            Ok(())
+        };
+        if let Some(&top) = layers.iter().max() {
+            for (batch, ids) in batches.ids.iter().enumerate() {
+                let embedded = model.embed(ids)?;
+                keep(0, batch, &embedded)?;
+                model.run_layers(&embedded, 0, top, |i, out| keep(i + 1, batch, out))?;
+            }
         }
+        let device = model.device().clone();
+        let inputs = kept
+            .into_iter()
+            .map(|(l, v)| (l, Inputs::Memory(v)))
+            .chain(files.into_iter().map(|(l, files)| {
+                let device = device.clone();
+                (l, Inputs::Disk { files, device })
+            }))
+            .collect();
         Ok(Self { inputs })
     }
 
@@ -61,7 +124,7 @@ impl LayerInputs {
         tokens * model.config.hidden_size * model.dtype().size_in_bytes()
     }
 
-    pub fn take(&mut self, layer: usize) -> Option<Vec<Tensor>> {
+    pub fn take(&mut self, layer: usize) -> Option<Inputs> {
         self.inputs.remove(&layer)
     }
 }
@@ -75,13 +138,13 @@ pub struct BlockGradients {
 }
 
 /// Accumulates dL/dS over the batches for `targets` of `layer`, which must already be in
-/// [`Linear::Svd`] form. `inputs[b]` is layer `layer`'s input for batch `b`.
+/// [`Linear::Svd`] form. `inputs` are layer `layer`'s inputs.
 pub fn singular_value_gradients(
     model: &Llama,
     layer: usize,
     targets: &[Projection],
     batches: &Batches,
-    inputs: &[Tensor],
+    inputs: &Inputs,
     progress: &ProgressBar,
 ) -> Result<BlockGradients> {
     let vars: Vec<_> = targets
@@ -96,8 +159,8 @@ pub fn singular_value_gradients(
         .map(|v| vec![0.0; v.as_tensor().elem_count()])
         .collect();
     let mut loss_sum = 0.0;
-    for (n, (ids, input)) in batches.ids.iter().zip(inputs).enumerate() {
-        let loss = model.next_token_loss_from(layer, input, ids)?;
+    for (n, ids) in batches.ids.iter().enumerate() {
+        let loss = model.next_token_loss_from(layer, &inputs.get(n)?, ids)?;
         let store = loss.backward()?;
         for ((acc, var), &p) in grads.iter_mut().zip(&vars).zip(targets) {
             let Some(g) = store.get(var.as_tensor()) else {

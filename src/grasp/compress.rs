@@ -2,13 +2,14 @@
 //! attention block: SVD the targets, attribute the loss to each singular value, keep the
 //! important ones, truncate, and move on with the truncated block in place.
 
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
 use serde::Serialize;
 
-use super::attribution::{singular_value_gradients, Batches, LayerInputs};
+use super::attribution::{singular_value_gradients, Batches, Inputs, LayerInputs};
 use super::selection::{importance, select, Metric, RankRule};
 use super::svd::{thin_svd, SvdDtype};
 use crate::model::linear::Linear;
@@ -36,10 +37,20 @@ pub struct CompressOptions {
     pub mlp_targets: Vec<Projection>,
     pub attn_targets: Vec<Projection>,
     pub svd_dtype: SvdDtype,
-    /// Bytes of cached layer inputs above which they are recomputed layer by layer instead of
-    /// collected in one pass.
-    pub input_cache_budget: usize,
+    pub input_cache: InputCache,
 }
+
+/// Where the chosen layers' inputs wait between the pass that computes them all and each
+/// layer's gradient passes: in memory up to `memory_budget` bytes, else in files under
+/// `disk_dir` when its file system has room, else nowhere (recomputed layer by layer).
+#[derive(Clone, Debug)]
+pub struct InputCache {
+    pub memory_budget: usize,
+    pub disk_dir: Option<PathBuf>,
+}
+
+/// Room left on the disk beyond the layer inputs, so that the output still fits.
+const DISK_MARGIN: u64 = 1 << 30;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModuleReport {
@@ -78,7 +89,8 @@ pub struct BlockReport {
 pub struct Compression {
     pub modules: Vec<ModuleReport>,
     pub blocks: Vec<BlockReport>,
-    /// How layer inputs were obtained: "cached" (one pass) or "recomputed" (one pass per layer).
+    /// Where layer inputs were kept: "memory" or "disk" (one pass for all layers), or
+    /// "recomputed" (one pass per layer); "none" without gradient passes.
     pub layer_inputs: &'static str,
 }
 
@@ -106,33 +118,39 @@ pub fn compress_layers(
     let mut order = layers.to_vec();
     order.sort_unstable_by(|a, b| b.cmp(a));
     order.dedup();
-    let needs_inputs = opts.method == Method::Grasp;
-    let one_pass =
-        order.len() * LayerInputs::bytes_per_layer(model, batches) <= opts.input_cache_budget;
-    let mut cache = if needs_inputs && one_pass {
-        Some(LayerInputs::collect(model, batches, &order)?)
+    let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
+    let disk = opts.input_cache.disk_dir.as_deref().filter(|dir| {
+        runtime::free_disk_bytes(dir).is_some_and(|free| free >= total as u64 + DISK_MARGIN)
+    });
+    let (layer_inputs, mut cache) = if opts.method != Method::Grasp {
+        ("none", None)
+    } else if total <= opts.input_cache.memory_budget {
+        (
+            "memory",
+            Some(LayerInputs::collect(model, batches, &order, None)?),
+        )
+    } else if let Some(dir) = disk {
+        (
+            "disk",
+            Some(LayerInputs::collect(model, batches, &order, Some(dir))?),
+        )
     } else {
-        None
+        ("recomputed", None)
     };
     let mut out = Compression {
-        layer_inputs: match (needs_inputs, one_pass) {
-            (false, _) => "none",
-            (true, true) => "cached",
-            (true, false) => "recomputed",
-        },
+        layer_inputs,
         ..Default::default()
     };
     for &layer in &order {
-        let inputs = if !needs_inputs {
-            Vec::new()
-        } else {
-            // Layers below `layer` are untouched, so these are the original model's inputs.
-            match cache.as_mut().and_then(|c| c.take(layer)) {
-                Some(v) => v,
-                None => LayerInputs::collect(model, batches, &[layer])?
+        // Layers below `layer` are untouched, so these are the original model's inputs.
+        let inputs = match cache.as_mut().and_then(|c| c.take(layer)) {
+            Some(inputs) => inputs,
+            None if opts.method == Method::Grasp => {
+                LayerInputs::collect(model, batches, &[layer], None)?
                     .take(layer)
-                    .unwrap_or_default(),
+                    .unwrap_or(Inputs::Memory(Vec::new()))
             }
+            None => Inputs::Memory(Vec::new()),
         };
         for (block, targets) in [
             (Block::Mlp, &opts.mlp_targets),
@@ -146,6 +164,7 @@ pub fn compress_layers(
             out.modules.extend(modules);
             out.blocks.push(report);
         }
+        inputs.remove_files();
     }
     Ok(out)
 }
@@ -156,7 +175,7 @@ fn compress_block(
     block: Block,
     targets: &[Projection],
     batches: &Batches,
-    inputs: &[Tensor],
+    inputs: &Inputs,
     opts: &CompressOptions,
 ) -> Result<(Vec<ModuleReport>, BlockReport)> {
     let block_name = match block {

@@ -65,7 +65,13 @@ pub struct Staging {
 
 impl Staging {
     pub fn beside(out: &Path) -> Result<Self> {
-        let dir = sibling(out, "tmp")?;
+        Self::scratch(out, "tmp")
+    }
+
+    /// An empty directory `.{name}.{tag}-{pid}` beside `out` for working files, removed when
+    /// dropped (and on Ctrl-C).
+    pub fn scratch(out: &Path, tag: &str) -> Result<Self> {
+        let dir = sibling(out, tag)?;
         if let Some(parent) = dir.parent() {
             fs::create_dir_all(parent)
                 .with_context(|| format!("cannot create {}", parent.display()))?;
