@@ -4,6 +4,7 @@ mod common;
 
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
+use grasp::eval::{CausalLm, PackedRow};
 use grasp::grasp::svd::{thin_svd, SvdDtype};
 use grasp::model::linear::Linear;
 use grasp::model::llama::Projection;
@@ -203,4 +204,88 @@ fn forward_from_a_cached_layer_input_equals_the_full_forward() {
         .to_scalar::<f32>()
         .unwrap();
     assert_eq!(diff, 0.0);
+}
+
+/// log softmax(logits)[target] of each (position, target), from (seq, vocab) logits.
+fn log_probs_at(logits: &Tensor, at: &[(usize, u32)]) -> Vec<f32> {
+    let log_p = candle_nn::ops::log_softmax(logits, 1).unwrap();
+    at.iter()
+        .map(|&(t, target)| {
+            log_p
+                .get(t)
+                .unwrap()
+                .get(target as usize)
+                .unwrap()
+                .to_scalar()
+                .unwrap()
+        })
+        .collect()
+}
+
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    assert_eq!(got.len(), want.len());
+    let diff = got
+        .iter()
+        .zip(want)
+        .map(|(g, w)| (g - w).abs())
+        .fold(0f32, f32::max);
+    assert!(diff < 1e-4, "{what}: log-probabilities differ by {diff}");
+}
+
+/// A packed row (one context, three continuations of different lengths, then padding) gives
+/// every token the log-probabilities of its own sequence run alone through the causal path;
+/// a row without branches gives the same in a batch on the masked path as alone on the causal.
+#[test]
+fn packed_rows_give_each_sequence_its_own_log_probs() {
+    let Some(dir) = stories_dir() else {
+        return;
+    };
+    let model = load(&dir, DType::F32).model;
+    let alone = |seq: &[u32]| -> Tensor {
+        let ids = Tensor::new(seq, &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        model.forward(&ids).unwrap().squeeze(0).unwrap()
+    };
+    let trunk: Vec<u32> = vec![1, 403, 79, 261, 30, 287, 11];
+    let branches: [&[u32]; 3] = [&[266, 42, 399, 7], &[71], &[302, 5]];
+    let mut row = PackedRow::new(&trunk, &branches);
+    let plain: Vec<u32> = vec![1, 55, 91, 200, 13];
+    let mut causal = PackedRow::new(&plain, &[]);
+    let width = row.len() + 2;
+    row.pad_to(width);
+    causal.pad_to(width);
+
+    let target = |i: usize| (i as u32 * 37 + 11) % 512;
+    let (mut reads, mut targets, mut want) = (Vec::new(), Vec::new(), Vec::new());
+    let trunk_at: Vec<(usize, u32)> = (0..trunk.len()).map(|t| (t, target(t))).collect();
+    reads.extend(0..trunk.len() as u32);
+    want.extend(log_probs_at(&alone(&trunk), &trunk_at));
+    let mut col = trunk.len();
+    for branch in branches {
+        let at: Vec<(usize, u32)> = (0..branch.len())
+            .map(|t| (trunk.len() + t, target(col + t)))
+            .collect();
+        reads.extend((col..col + branch.len()).map(|c| c as u32));
+        want.extend(log_probs_at(&alone(&[&trunk[..], branch].concat()), &at));
+        col += branch.len();
+    }
+    targets.extend(reads.iter().map(|&r| target(r as usize)));
+    let plain_at: Vec<(usize, u32)> = (0..plain.len()).map(|t| (t, target(t))).collect();
+    let plain_want = log_probs_at(&alone(&plain), &plain_at);
+    let plain_reads: Vec<u32> = (0..plain.len() as u32).collect();
+    let plain_targets: Vec<u32> = (0..plain.len()).map(target).collect();
+    reads.extend(plain_reads.iter().map(|&r| r + width as u32));
+    targets.extend(&plain_targets);
+    want.extend(&plain_want);
+
+    let masked = model
+        .log_probs(&[row, causal.clone()], &reads, &targets)
+        .unwrap();
+    assert_close(&masked, &want, "packed rows");
+    let causal_alone = model
+        .log_probs(&[causal], &plain_reads, &plain_targets)
+        .unwrap();
+    assert_close(&causal_alone, &plain_want, "a row without branches");
 }

@@ -408,10 +408,42 @@ fn batching_and_padding_match_scoring_each_request_alone() {
     for batch_size in [1, 3, 4, 64] {
         let model = MockLm::new(VOCAB, 100, prefix_logits);
         let got = loglikelihoods(&model, &requests, batch_size, &ProgressBar::hidden()).unwrap();
-        assert_eq!(model.forwards.get(), requests.len().div_ceil(batch_size));
+        assert_eq!(
+            model.forwards.get(),
+            distinct_contexts(&requests).div_ceil(batch_size)
+        );
         for (g, e) in got.iter().zip(&expected) {
             assert!((g - e).abs() < 1e-4, "batch size {batch_size}: {g} vs {e}");
         }
+    }
+}
+
+/// The packed rows scoring needs: one per distinct context (no request here is truncated).
+fn distinct_contexts(requests: &[Request]) -> usize {
+    let mut contexts: Vec<&[u32]> = requests.iter().map(|r| r.context_ids.as_slice()).collect();
+    contexts.sort();
+    contexts.dedup();
+    contexts.len()
+}
+
+/// The continuations of one context, of one token or more, are read from one packed row in
+/// which each sees the context and itself only; another context gets a row of its own.
+#[test]
+fn requests_sharing_a_context_share_a_row() {
+    let requests = vec![
+        request(&[4, 1, 7], &[3]),
+        request(&[4, 1, 7], &[5]),
+        request(&[4, 1, 7], &[3, 2, 8]),
+        request(&[4, 1], &[9, 6]),
+        request(&[4, 1, 7], &[6, 2]),
+    ];
+    assert_eq!(distinct_contexts(&requests), 2);
+    let model = MockLm::new(VOCAB, 100, prefix_logits);
+    let got = loglikelihoods(&model, &requests, 1, &ProgressBar::hidden()).unwrap();
+    assert_eq!(model.forwards.get(), 2);
+    for (g, r) in got.iter().zip(&requests) {
+        let want = reference_ll(r, 100);
+        assert!((g - want).abs() < 1e-4, "{r:?}: {g} vs {want}");
     }
 }
 
@@ -619,8 +651,8 @@ fn run_task_scores_the_first_docs() {
     let names: Vec<&str> = r.metrics.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["acc", "acc_norm"]);
     assert!(r.metrics.iter().all(|m| (0.0..=1.0).contains(&m.value)));
-    // 6 docs of 4 choices in batches of 4.
-    assert_eq!(model.forwards.get(), 6);
+    // 6 docs, each one row holding its context and its 4 choices, in batches of 4 rows.
+    assert_eq!(model.forwards.get(), 2);
 
     let boolq = run_task(&model, &tokenizer, Task::BoolQ, &data, &options).unwrap();
     assert_eq!(boolq.metrics.len(), 1);

@@ -35,7 +35,7 @@ pub struct EvalArgs {
     /// Only the first N docs of each task and the first N windows of each corpus.
     #[arg(long)]
     pub limit: Option<usize>,
-    /// Task requests per forward pass.
+    /// Task contexts per forward pass, each packed in one row with all of its choices.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// Examples from the training split before each doc (lm-eval's sampler, seed 1234).

@@ -1,27 +1,21 @@
 //! Batched log-likelihood scoring of (context, continuation) requests, as lm-evaluation-harness's
 //! `HFLM.loglikelihood` does it: same tokenization of the pair, same left truncation, one forward
-//! per right-padded batch of requests sorted longest first.
+//! per right-padded batch, the choices of a question packed in one row with their context once.
 
 use std::cmp::Reverse;
+use std::collections::BTreeMap;
 
 use anyhow::{bail, ensure, Context, Result};
-use candle_core::{DType, Tensor, D};
 use indicatif::ProgressBar;
 use tokenizers::Tokenizer;
 
-use crate::eval::CausalLm;
+use crate::eval::{CausalLm, PackedRow};
 
 /// One log-likelihood query: log p(continuation | context), both already tokenized.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub context_ids: Vec<u32>,
     pub continuation_ids: Vec<u32>,
-}
-
-impl Request {
-    fn len(&self) -> usize {
-        self.context_ids.len() + self.continuation_ids.len()
-    }
 }
 
 /// Tokenizes a pair like lm-eval's `_encode_pair`: the context's trailing whitespace moves to
@@ -60,9 +54,12 @@ fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 
 /// The sum of log p(continuation token | prefix) of each request, in the order given.
 ///
-/// Requests are sorted by total length, longest first (so a batch's padding is small and
-/// memory peaks on the first batch), right-padded to the longest in each batch of
-/// `batch_size` and scored with one forward per batch. A request longer than
+/// Requests whose windows share a context (the choices of one question) go in one
+/// [`PackedRow`]: the context once, then every continuation, each attending to the context
+/// and to itself only, so the context is computed once for all choices. Rows are sorted by
+/// length, longest first (so a batch's padding is small and memory peaks on the first
+/// batch), right-padded to the longest in each batch of `batch_size` rows and scored with one
+/// forward per batch, the LM head only at continuation positions. A request longer than
 /// [`CausalLm::max_positions`] + 1 tokens loses its oldest context tokens.
 pub fn loglikelihoods(
     model: &dyn CausalLm,
@@ -82,19 +79,30 @@ pub fn loglikelihoods(
             );
         }
     }
-    let mut order: Vec<usize> = (0..requests.len()).collect();
-    order.sort_by_key(|&i| Reverse(requests[i].len()));
+    let windows: Vec<Window> = requests
+        .iter()
+        .map(|r| Window::new(r, max_positions))
+        .collect();
+    let mut by_trunk: BTreeMap<&[u32], Vec<usize>> = BTreeMap::new();
+    for (i, window) in windows.iter().enumerate() {
+        by_trunk.entry(window.trunk()).or_default().push(i);
+    }
+    let mut groups: Vec<Vec<usize>> = by_trunk.into_values().collect();
+    let row_len = |group: &[usize]| {
+        windows[group[0]].trunk().len()
+            + group
+                .iter()
+                .map(|&i| windows[i].branch().len())
+                .sum::<usize>()
+    };
+    groups.sort_by_key(|g| Reverse(row_len(g)));
     let mut scores = vec![0.0; requests.len()];
-    for chunk in order.chunks(batch_size) {
-        let windows: Vec<Window> = chunk
-            .iter()
-            .map(|&i| Window::new(&requests[i], max_positions))
-            .collect();
-        let batch_scores = score_batch(model, &windows)?;
-        for (&i, score) in chunk.iter().zip(batch_scores) {
+    for chunk in groups.chunks(batch_size) {
+        let members: Vec<&[usize]> = chunk.iter().map(Vec::as_slice).collect();
+        for (i, score) in score_batch(model, &windows, &members)? {
             scores[i] = score;
         }
-        progress.inc(chunk.len() as u64);
+        progress.inc(chunk.iter().map(Vec::len).sum::<usize>() as u64);
     }
     Ok(scores)
 }
@@ -118,57 +126,62 @@ impl<'a> Window<'a> {
         }
     }
 
-    /// The first position whose logits predict a continuation token.
-    fn first_scored_position(&self) -> usize {
-        self.input.len() - self.continuation.len()
+    /// The input up to the token whose logits predict the first continuation token.
+    fn trunk(&self) -> &[u32] {
+        &self.input[..self.input.len() + 1 - self.continuation.len()]
+    }
+
+    /// The rest of the input: the continuation less its last token.
+    fn branch(&self) -> &[u32] {
+        &self.input[self.trunk().len()..]
     }
 }
 
-/// One forward over the right-padded windows; log-softmax only at the continuation positions.
-fn score_batch(model: &dyn CausalLm, windows: &[Window]) -> Result<Vec<f64>> {
-    let device = model.device();
-    let width = windows.iter().map(|w| w.input.len()).max().unwrap_or(0);
-    let mut ids = Vec::with_capacity(windows.len() * width);
-    let mut rows = Vec::new();
+/// One forward over the rows of `groups` (each a set of windows with one trunk, packed into
+/// one [`PackedRow`]), right-padded to the longest; the sum of log-probabilities of each
+/// window's continuation, by window index. The LM head runs only where it is read.
+fn score_batch(
+    model: &dyn CausalLm,
+    windows: &[Window],
+    groups: &[&[usize]],
+) -> Result<Vec<(usize, f64)>> {
+    let mut rows: Vec<PackedRow> = groups
+        .iter()
+        .map(|group| {
+            let branches: Vec<&[u32]> = group.iter().map(|&i| windows[i].branch()).collect();
+            PackedRow::new(windows[group[0]].trunk(), &branches)
+        })
+        .collect();
+    let width = rows.iter().map(PackedRow::len).max().unwrap_or(0);
+    rows.iter_mut().for_each(|row| row.pad_to(width));
+    let mut reads = Vec::new();
     let mut targets = Vec::new();
-    for (b, window) in windows.iter().enumerate() {
-        ids.extend_from_slice(&window.input);
-        // Padding only follows the real tokens and attention is causal: it changes no logit
-        // that is read back.
-        ids.resize((b + 1) * width, 0);
-        let first = b * width + window.first_scored_position();
-        rows.extend((first..first + window.continuation.len()).map(|r| r as u32));
-        targets.extend_from_slice(window.continuation);
+    for (r, group) in groups.iter().enumerate() {
+        let start = r * width;
+        let trunk = windows[group[0]].trunk().len();
+        let mut next = start + trunk;
+        for &i in group.iter() {
+            let branch = windows[i].branch().len();
+            reads.push((start + trunk - 1) as u32);
+            reads.extend((next..next + branch).map(|p| p as u32));
+            next += branch;
+            targets.extend_from_slice(windows[i].continuation);
+        }
     }
-    let ids = Tensor::from_vec(ids, (windows.len(), width), device)?;
-    let logits = model.logits(&ids).context("forward pass failed")?;
-    let (batch, seq, vocab) = logits
-        .dims3()
-        .context("the model returned logits that are not (batch, seq, vocab)")?;
+    let log_probs = model
+        .log_probs(&rows, &reads, &targets)
+        .context("forward pass failed")?;
     ensure!(
-        batch == windows.len() && seq == width,
-        "the model returned logits for ({batch}, {seq}) tokens, expected ({}, {width})",
-        windows.len()
+        log_probs.len() == reads.len(),
+        "the model returned {} log-probabilities, expected {}",
+        log_probs.len(),
+        reads.len()
     );
-    if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
-        bail!("token id {bad} is outside the model's vocabulary of {vocab}");
-    }
-    let n_targets = targets.len();
-    let rows = Tensor::from_vec(rows, n_targets, device)?;
-    let targets = Tensor::from_vec(targets, (n_targets, 1), device)?;
-    let scored = logits
-        .reshape((batch * seq, vocab))?
-        .index_select(&rows, 0)?
-        .to_dtype(DType::F32)?;
-    let token_logprobs = candle_nn::ops::log_softmax(&scored, D::Minus1)?
-        .gather(&targets, 1)?
-        .squeeze(1)?
-        .to_vec1::<f32>()?;
-    let mut sums = Vec::with_capacity(windows.len());
-    let mut rest = token_logprobs.as_slice();
-    for window in windows {
-        let (mine, others) = rest.split_at(window.continuation.len());
-        sums.push(mine.iter().map(|&lp| f64::from(lp)).sum());
+    let mut sums = Vec::new();
+    let mut rest = log_probs.as_slice();
+    for &i in groups.iter().flat_map(|g| g.iter()) {
+        let (mine, others) = rest.split_at(windows[i].continuation.len());
+        sums.push((i, mine.iter().map(|&lp| f64::from(lp)).sum()));
         rest = others;
     }
     Ok(sums)

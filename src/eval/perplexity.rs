@@ -8,14 +8,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{DType, Tensor, D};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::data::calibration::encode_stream;
 use crate::data::corpus::{load_rows, Corpus, Split};
-use crate::eval::CausalLm;
+use crate::eval::{CausalLm, PackedRow};
 
 /// How a corpus is scored.
 #[derive(Clone, Debug)]
@@ -95,13 +94,19 @@ pub fn perplexity_of_stream(
     let progress = progress_bar(windows)?;
     let mut total_nll = 0.0;
     for batch in ids[..windows * seq_len].chunks(spec.batch_size * seq_len) {
-        let rows = batch.len() / seq_len;
-        let input = Tensor::from_slice(batch, (rows, seq_len), model.device())?;
-        let logits = model.logits(&input)?;
-        for row in 0..rows {
-            total_nll += window_nll(&logits.get(row)?, &input.get(row)?)?;
-        }
-        progress.inc(rows as u64);
+        let windows: Vec<&[u32]> = batch.chunks(seq_len).collect();
+        let rows: Vec<PackedRow> = windows.iter().map(|w| PackedRow::new(w, &[])).collect();
+        // Position t of each window scores token t + 1.
+        let reads: Vec<u32> = (0..rows.len())
+            .flat_map(|r| (r * seq_len..(r + 1) * seq_len - 1).map(|p| p as u32))
+            .collect();
+        let targets: Vec<u32> = windows
+            .iter()
+            .flat_map(|w| w[1..].iter().copied())
+            .collect();
+        let log_probs = model.log_probs(&rows, &reads, &targets)?;
+        total_nll -= log_probs.iter().map(|&lp| f64::from(lp)).sum::<f64>();
+        progress.inc(rows.len() as u64);
     }
     progress.finish_and_clear();
     let tokens = windows * (seq_len - 1);
@@ -110,26 +115,6 @@ pub fn perplexity_of_stream(
 
 fn window_len(model: &dyn CausalLm, spec: &PerplexitySpec) -> usize {
     spec.seq_len.min(model.max_positions())
-}
-
-/// Summed NLL of one window: position t's logits (seq, vocab) score token t+1. Log-softmax
-/// runs in f32 one window at a time, so at most one batch of logits plus one window's
-/// log-probabilities are alive.
-fn window_nll(logits: &Tensor, ids: &Tensor) -> Result<f64> {
-    let seq_len = ids.dim(0)?;
-    let log_probs = candle_nn::ops::log_softmax(
-        &logits.narrow(0, 0, seq_len - 1)?.to_dtype(DType::F32)?,
-        D::Minus1,
-    )?;
-    let targets = ids.narrow(0, 1, seq_len - 1)?.unsqueeze(1)?.contiguous()?;
-    let target_log_probs = log_probs
-        .gather(&targets, 1)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    Ok(-target_log_probs
-        .iter()
-        .map(|&lp| f64::from(lp))
-        .sum::<f64>())
 }
 
 fn progress_bar(windows: usize) -> Result<ProgressBar> {

@@ -14,6 +14,7 @@ use candle_nn::VarBuilder;
 use super::config::LlamaConfig;
 use super::linear::Linear;
 use super::ops;
+use crate::eval::PackedRow;
 
 /// One of a decoder layer's seven projections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -154,6 +155,17 @@ impl Rotary {
             self.sin.narrow(0, 0, seq_len)?,
         ))
     }
+
+    /// Tables (batch, seq, head_dim / 2) for the u32 (batch, seq) `positions`.
+    fn at(&self, positions: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (b, t) = positions.dims2()?;
+        let flat = positions.flatten_all()?;
+        let pick = |table: &Tensor| -> Result<Tensor> {
+            let half = table.dim(1)?;
+            table.index_select(&flat, 0)?.reshape((b, t, half))
+        };
+        Ok((pick(&self.cos)?, pick(&self.sin)?))
+    }
 }
 
 /// Llama 3's frequency-dependent scaling of one inverse frequency (identity without it).
@@ -176,7 +188,14 @@ fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
 }
 
 impl Attention {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    /// Causal attention, or attention under `mask` (see [`ops::masked_attention`]).
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let (b, t, _) = x.dims3()?;
         let heads = |y: Tensor, n: usize| -> Result<Tensor> {
             y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)
@@ -187,7 +206,10 @@ impl Attention {
         let q = ops::rope(&q, cos, sin)?;
         let k = ops::rope(&k, cos, sin)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
-        let y = ops::causal_attention(&q, &k, &v, scale, ops::ATTENTION_BLOCK)?;
+        let y = match mask {
+            None => ops::causal_attention(&q, &k, &v, scale, ops::ATTENTION_BLOCK)?,
+            Some(mask) => ops::masked_attention(&q, &k, &v, scale, mask)?,
+        };
         let y = y
             .transpose(1, 2)?
             .reshape((b, t, self.num_heads * self.head_dim))?;
@@ -203,9 +225,15 @@ impl Mlp {
 }
 
 impl DecoderLayer {
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
         let h = ops::rms_norm(x, &self.input_layernorm, self.rms_norm_eps)?;
-        let x = (x + self.self_attn.forward(&h, cos, sin)?)?;
+        let x = (x + self.self_attn.forward(&h, cos, sin, mask)?)?;
         let h = ops::rms_norm(&x, &self.post_attention_layernorm, self.rms_norm_eps)?;
         x + self.mlp.forward(&h)?
     }
@@ -390,7 +418,7 @@ impl Llama {
         let (cos, sin) = self.rotary.tables(t)?;
         let mut x = hidden.clone();
         for (i, layer) in self.layers.iter().enumerate().take(end).skip(start) {
-            x = layer.forward(&x, &cos, &sin)?;
+            x = layer.forward(&x, &cos, &sin, None)?;
             visit(i, &x)?;
         }
         Ok(x)
@@ -451,6 +479,46 @@ impl Llama {
             Ok(())
         })?;
         Ok((self.head(&last)?, hidden))
+    }
+
+    /// Every layer on packed rows of one length (see [`PackedRow`]): each token at its own
+    /// rotary position, attending only to the tokens it sees. Returns the last layer's output
+    /// as (rows · length, hidden). Rows without branches take the causal path; the others a
+    /// masked attention, which is for inference only (it has no backward).
+    pub fn packed_hidden(&self, rows: &[PackedRow]) -> Result<Tensor> {
+        let (b, t) = (rows.len(), rows.first().map_or(0, PackedRow::len));
+        let max = self.config.max_position_embeddings;
+        if let Some(&p) = rows
+            .iter()
+            .flat_map(|r| &r.positions)
+            .find(|&&p| p as usize >= max)
+        {
+            candle_core::bail!("position {p} exceeds max_position_embeddings {max}");
+        }
+        let flat = |f: fn(&PackedRow) -> &[u32]| -> Vec<u32> {
+            rows.iter().flat_map(|r| f(r).iter().copied()).collect()
+        };
+        let ids = Tensor::from_vec(flat(|r| &r.ids), (b, t), &self.device)?;
+        if rows.iter().all(PackedRow::is_causal) {
+            let h = self.run_layers(&self.embed(&ids)?, 0, self.layers.len(), |_, _| Ok(()))?;
+            return h.reshape((b * t, self.config.hidden_size));
+        }
+        let positions = Tensor::from_vec(flat(|r| &r.positions), (b, t), &self.device)?;
+        let (cos, sin) = self.rotary.at(&positions)?;
+        let mask: Vec<f32> = rows
+            .iter()
+            .flat_map(|r| {
+                (0..t).flat_map(move |q| {
+                    (0..t).map(move |k| if r.sees(q, k) { 0.0 } else { f32::NEG_INFINITY })
+                })
+            })
+            .collect();
+        let mask = Tensor::from_vec(mask, (b, 1, 1, t, t), &self.device)?.to_dtype(self.dtype)?;
+        let mut x = self.embed(&ids)?;
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos, &sin, Some(&mask))?;
+        }
+        x.reshape((b * t, self.config.hidden_size))
     }
 
     /// Deletes decoder layers (ShortGPT-style removal) and updates the config.
@@ -516,8 +584,26 @@ fn next_token_targets(ids: &Tensor) -> Result<(Tensor, Tensor)> {
 }
 
 impl crate::eval::CausalLm for Llama {
-    fn logits(&self, ids: &Tensor) -> anyhow::Result<Tensor> {
-        Ok(self.forward(ids)?)
+    /// The head (a fifth of SmolLM2's forward) only at the tokens read, a block of rows at a
+    /// time.
+    fn log_probs(
+        &self,
+        rows: &[PackedRow],
+        reads: &[u32],
+        targets: &[u32],
+    ) -> anyhow::Result<Vec<f32>> {
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {bad} is outside the model's vocabulary of {vocab}");
+        }
+        let h = self.packed_hidden(rows)?;
+        let reads = Tensor::new(reads, &self.device)?;
+        let normed = self.final_norm(&h.index_select(&reads, 0)?)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let targets = Tensor::new(targets, &self.device)?;
+        Ok(ops::target_log_probs(&normed, w, &targets)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
     }
 
     fn device(&self) -> &Device {

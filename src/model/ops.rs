@@ -362,8 +362,91 @@ pub fn causal_attention(
     )
 }
 
+/// Scaled dot-product attention under an additive `mask` (batch, 1, 1, seq, seq) of 0 and −inf,
+/// with q (batch, heads, seq, d) and grouped k, v (batch, kv_heads, seq, d); softmax in at
+/// least f32. For inference only: it has no backward, so it refuses inputs in a gradient graph
+/// rather than drop their gradients.
+pub fn masked_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    mask: &Tensor,
+) -> Result<Tensor> {
+    if q.track_op() || k.track_op() || v.track_op() {
+        candle_core::bail!("masked attention has no backward pass");
+    }
+    let (b, heads, t, d) = q.dims4()?;
+    let kv_heads = k.dim(1)?;
+    let groups = heads / kv_heads;
+    let scores = (q.reshape((b, kv_heads, groups * t, d))?.matmul(&k.t()?)? * scale)?
+        .reshape((b, kv_heads, groups, t, t))?
+        .broadcast_add(mask)?;
+    let p = candle_nn::ops::softmax_last_dim(&at_least_f32(&scores)?)?
+        .to_dtype(q.dtype())?
+        .reshape((b, kv_heads, groups * t, t))?;
+    p.matmul(&v.contiguous()?)?.reshape((b, heads, t, d))
+}
+
 /// Rows of logits [`linear_cross_entropy`] computes at a time: 64 × a 49k vocabulary is 12 MB.
-const LOGIT_ROWS: usize = 64;
+const LOGIT_ROWS: usize = 256;
+
+/// [`LOGIT_ROWS`] rows of the logits ℓ = x·wᵀ (in at least f32) with what a cross-entropy needs.
+struct LogitBlock {
+    start: usize,
+    rows: usize,
+    logits: Tensor,
+    /// exp(ℓ − max ℓ) and its row sums.
+    exp: Tensor,
+    sum: Tensor,
+    max: Tensor,
+    /// The block's u32 targets, (rows, 1).
+    targets: Tensor,
+}
+
+impl LogitBlock {
+    /// logsumexp(ℓ) − ℓ[target] per row, (rows, 1).
+    fn nll(&self) -> Result<Tensor> {
+        (self.sum.log()? + &self.max)? - self.logits.gather(&self.targets, 1)?
+    }
+}
+
+/// The logits of a frozen head w (vocab, hidden) over x (rows, hidden), [`LOGIT_ROWS`] rows
+/// at a time, with their (rows, 1) `targets`: no (rows, vocab) tensor ever exists.
+fn logit_blocks<'a>(
+    x: &'a Tensor,
+    w: &'a Tensor,
+    targets: &'a Tensor,
+) -> Result<impl Iterator<Item = Result<LogitBlock>> + 'a> {
+    let rows = x.dim(0)?;
+    let xd = x.detach();
+    Ok((0..rows).step_by(LOGIT_ROWS).map(move |start| {
+        let n = LOGIT_ROWS.min(rows - start);
+        let logits = at_least_f32(&xd.narrow(0, start, n)?.matmul(&w.t()?)?)?;
+        let max = logits.max_keepdim(1)?;
+        let exp = logits.broadcast_sub(&max)?.exp()?;
+        Ok(LogitBlock {
+            start,
+            rows: n,
+            sum: exp.sum_keepdim(1)?,
+            exp,
+            logits,
+            max,
+            targets: targets.narrow(0, start, n)?,
+        })
+    }))
+}
+
+/// log softmax(x·wᵀ)[target] per row, (rows,) in at least f32, for x (rows, hidden), a frozen
+/// head w (vocab, hidden) and u32 `targets` (rows): the head's log-likelihoods without a
+/// (rows, vocab) tensor. Inference only: no backward.
+pub fn target_log_probs(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let targets = targets.reshape((x.dim(0)?, 1))?;
+    let blocks = logit_blocks(x, w, &targets)?
+        .map(|b| b?.nll()?.neg())
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&blocks, 0)?.squeeze(1)
+}
 
 /// Σ over rows of weight·(logsumexp(ℓ) − ℓ[target]) with logits ℓ = x·wᵀ, for x (rows, hidden),
 /// a frozen head w (vocab, hidden), u32 `targets` (rows) and `weights` (rows): the weighted
@@ -387,26 +470,19 @@ pub fn linear_cross_entropy(
         return (log_p.gather(&targets, 1)? * weights)?.sum_all()?.neg();
     }
     let track = x.track_op();
-    let xd = x.detach();
     let mut losses = Vec::new();
     let mut grads = Vec::new();
-    for start in (0..rows).step_by(LOGIT_ROWS) {
-        let n = LOGIT_ROWS.min(rows - start);
-        let logits = at_least_f32(&xd.narrow(0, start, n)?.matmul(&w.t()?)?)?;
-        let tb = targets.narrow(0, start, n)?;
+    for block in logit_blocks(x, w, &targets)? {
+        let block = block?;
         let wb = weights
-            .narrow(0, start, n)?
-            .reshape((n, 1))?
-            .to_dtype(logits.dtype())?;
-        let max = logits.max_keepdim(1)?;
-        let exp = logits.broadcast_sub(&max)?.exp()?;
-        let sum = exp.sum_keepdim(1)?;
-        let log_sum_exp = (sum.log()? + max)?;
-        losses.push(((log_sum_exp - logits.gather(&tb, 1)?)? * &wb)?.sum_all()?);
+            .narrow(0, block.start, block.rows)?
+            .reshape((block.rows, 1))?
+            .to_dtype(block.exp.dtype())?;
+        losses.push((block.nll()? * &wb)?.sum_all()?);
         if track {
-            let p = exp.broadcast_div(&sum)?;
-            let minus_one = Tensor::ones((n, 1), p.dtype(), p.device())?.neg()?;
-            p.scatter_add_set(&tb, &minus_one, 1)?;
+            let p = block.exp.broadcast_div(&block.sum)?;
+            let minus_one = Tensor::ones((block.rows, 1), p.dtype(), p.device())?.neg()?;
+            p.scatter_add_set(&block.targets, &minus_one, 1)?;
             grads.push(p.broadcast_mul(&wb)?.to_dtype(x.dtype())?.matmul(w)?);
         }
     }

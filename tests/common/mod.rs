@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::ensure;
 use candle_core::{DType, Device, Tensor};
-use grasp::eval::CausalLm;
+use grasp::eval::{CausalLm, PackedRow};
 use grasp::io::load::{load_files, resolve, Loaded};
 
 /// `../shared` beside the checkout.
@@ -142,8 +142,10 @@ impl Drop for TempDir {
     }
 }
 
-/// A causal mock: the logits at a position are a function of the tokens up to it. Counts its
-/// forward passes and rejects inputs longer than `max_positions`.
+/// A causal mock: the logits at a position are a function of the tokens it sees up to it (all
+/// before it in a plain batch; in a packed row, the ones [`PackedRow::sees`] allows, which
+/// must be as many as its rotary position + 1). Counts its forward passes and rejects inputs
+/// longer than `max_positions`.
 pub struct MockLm<F: Fn(&[u32]) -> Vec<f32>> {
     next_logits: F,
     vocab: usize,
@@ -165,25 +167,59 @@ impl<F: Fn(&[u32]) -> Vec<f32>> MockLm<F> {
 }
 
 impl<F: Fn(&[u32]) -> Vec<f32>> CausalLm for MockLm<F> {
-    fn logits(&self, ids: &Tensor) -> anyhow::Result<Tensor> {
-        let (batch, seq) = ids.dims2()?;
+    fn log_probs(
+        &self,
+        rows: &[PackedRow],
+        reads: &[u32],
+        targets: &[u32],
+    ) -> anyhow::Result<Vec<f32>> {
+        let width = rows.first().map_or(0, PackedRow::len);
         ensure!(
-            seq <= self.max_positions,
-            "{seq} tokens exceed {}",
-            self.max_positions
+            rows.iter().all(|r| r.len() == width),
+            "packed rows of different lengths"
+        );
+        ensure!(
+            reads.len() == targets.len(),
+            "reads and targets differ in number"
         );
         self.forwards.set(self.forwards.get() + 1);
-        let mut data = Vec::with_capacity(batch * seq * self.vocab);
-        for row in ids.to_vec2::<u32>()? {
-            for t in 0..seq {
-                data.extend((self.next_logits)(&row[..=t]));
-            }
+        let mut log_probs = Vec::with_capacity(reads.len());
+        for (&read, &target) in reads.iter().zip(targets) {
+            let (row, query) = (&rows[read as usize / width], read as usize % width);
+            let seen: Vec<u32> = (0..=query)
+                .filter(|&k| row.sees(query, k))
+                .map(|k| row.ids[k])
+                .collect();
+            ensure!(
+                row.positions[query] as usize + 1 == seen.len(),
+                "token {query} at position {} sees {} tokens",
+                row.positions[query],
+                seen.len()
+            );
+            ensure!(
+                seen.len() <= self.max_positions,
+                "{} tokens exceed {}",
+                seen.len(),
+                self.max_positions
+            );
+            let logits: Vec<f64> = (self.next_logits)(&seen)
+                .into_iter()
+                .map(f64::from)
+                .collect();
+            ensure!(
+                logits.len() == self.vocab,
+                "next_logits gave {} logits",
+                logits.len()
+            );
+            ensure!(
+                (target as usize) < self.vocab,
+                "token id {target} is outside the vocabulary"
+            );
+            let max = logits.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f64>().ln() + max;
+            log_probs.push((logits[target as usize] - log_sum) as f32);
         }
-        Ok(Tensor::from_vec(
-            data,
-            (batch, seq, self.vocab),
-            &self.device,
-        )?)
+        Ok(log_probs)
     }
 
     fn device(&self) -> &Device {
