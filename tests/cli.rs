@@ -538,3 +538,48 @@ fn command_line_flags_win_over_the_config_file() {
         assert_eq!(module_k(module) as u64, i * o / 2 / (i + o), "{name}");
     }
 }
+
+/// A task file missing under --data-dir is read from the hub cache (HF_HOME), in the hub's
+/// parquet layout; the two ARC-Easy records of the fixture score as their JSONL lines do.
+#[test]
+fn missing_task_files_come_from_the_hub_cache() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("cli-hub-tasks");
+    let repo = tmp.join("hub/datasets--allenai--ai2_arc");
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    fs::create_dir_all(repo.join("refs/refs/convert")).unwrap();
+    fs::write(repo.join("refs/refs/convert/parquet"), commit).unwrap();
+    let split = repo.join(format!("snapshots/{commit}/ARC-Easy/test"));
+    fs::create_dir_all(&split).unwrap();
+    fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/arc-easy-test-2rows.parquet"),
+        split.join("0000.parquet"),
+    )
+    .unwrap();
+    let local = tmp.join("data/arc");
+    fs::create_dir_all(&local).unwrap();
+    fs::create_dir_all(tmp.join("empty")).unwrap();
+    let jsonl = fs::read_to_string(stories.data.join("arc/ARC-Easy-test.jsonl")).unwrap();
+    let first_two: String = jsonl.lines().take(2).map(|l| format!("{l}\n")).collect();
+    fs::write(local.join("ARC-Easy-test.jsonl"), first_two).unwrap();
+
+    let run = |data_dir: &Path, json: &Path| -> Value {
+        let output = grasp()
+            .env("HF_HOME", tmp.path())
+            .arg("eval")
+            .arg("--model")
+            .arg(&stories.model)
+            .args(["--tasks", "arc_easy", "--data-dir"])
+            .arg(data_dir)
+            .arg("--json")
+            .arg(json)
+            .output()
+            .unwrap();
+        assert_success(&output, "grasp eval");
+        read_json(json)["tasks"][0].clone()
+    };
+    let from_hub = run(&tmp.join("empty"), &tmp.join("hub.json"));
+    let from_jsonl = run(&tmp.join("data"), &tmp.join("jsonl.json"));
+    assert_eq!(from_hub["n"], 2);
+    assert_eq!(from_hub["metrics"], from_jsonl["metrics"]);
+}

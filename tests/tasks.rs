@@ -261,17 +261,24 @@ fn bad_records_are_errors() {
 
 #[test]
 fn missing_files_name_the_file_and_the_flag() {
+    // Never the network: a user's online test run would otherwise download the files.
+    std::env::set_var("HF_HUB_OFFLINE", "1");
     let dir = Path::new("/nonexistent/grasp-task-data");
-    let err = load_docs(Task::Piqa, Split::Eval, dir)
+    let err = load_docs(Task::Piqa, Split::Eval, Some(dir))
         .unwrap_err()
         .to_string();
     assert!(err.contains("piqa/piqa_validation.jsonl"), "{err}");
     assert!(err.contains("--data-dir"), "{err}");
-    let err = load_docs(Task::Hellaswag, Split::Train, dir)
+    let err = load_docs(Task::Hellaswag, Split::Train, Some(dir))
         .unwrap_err()
         .to_string();
     assert!(err.contains("hellaswag/hellaswag_train.jsonl"), "{err}");
     assert!(err.contains("--num-fewshot"), "{err}");
+    assert!(
+        err.contains("hf://datasets/Rowan/hellaswag/default/train/0000.parquet"),
+        "{err}"
+    );
+    assert!(err.contains("HF_HUB_OFFLINE"), "{err}");
 }
 
 #[test]
@@ -284,7 +291,7 @@ fn malformed_lines_are_reported_with_their_line_number() {
         format!("{good}\n\n{{\"question\": 1}}\n"),
     )
     .unwrap();
-    let err = load_docs(Task::BoolQ, Split::Eval, dir.path()).unwrap_err();
+    let err = load_docs(Task::BoolQ, Split::Eval, Some(dir.path())).unwrap_err();
     assert!(
         format!("{err:#}").contains("boolq_validation.jsonl:3"),
         "{err:#}"
@@ -610,19 +617,19 @@ fn every_task_loads_from_the_shared_data() {
         (Task::MathQa, 2985),
     ];
     for (task, n) in expected {
-        let docs = load_docs(task, Split::Eval, &data).unwrap();
+        let docs = load_docs(task, Split::Eval, Some(&data)).unwrap();
         assert_eq!(docs.len(), n, "{task}");
     }
-    let mathqa = load_docs(Task::MathQa, Split::Eval, &data).unwrap();
+    let mathqa = load_docs(Task::MathQa, Split::Eval, Some(&data)).unwrap();
     assert!(mathqa.iter().all(|d| d.choices().len() == 5));
     assert_eq!(
-        load_docs(Task::OpenBookQa, Split::Train, &data)
+        load_docs(Task::OpenBookQa, Split::Train, Some(&data))
             .unwrap()
             .len(),
         4957
     );
     assert_eq!(
-        load_docs(Task::ArcChallenge, Split::Train, &data)
+        load_docs(Task::ArcChallenge, Split::Train, Some(&data))
             .unwrap()
             .len(),
         1119
@@ -646,7 +653,7 @@ fn run_task_scores_the_first_docs() {
         num_fewshot: 0,
         batch_size: 4,
     };
-    let r = run_task(&model, &tokenizer, Task::ArcEasy, &data, &options).unwrap();
+    let r = run_task(&model, &tokenizer, Task::ArcEasy, Some(&data), &options).unwrap();
     assert_eq!((r.task.as_str(), r.n), ("arc_easy", 6));
     let names: Vec<&str> = r.metrics.iter().map(|m| m.name.as_str()).collect();
     assert_eq!(names, ["acc", "acc_norm"]);
@@ -654,7 +661,7 @@ fn run_task_scores_the_first_docs() {
     // 6 docs, each one row holding its context and its 4 choices, in batches of 4 rows.
     assert_eq!(model.forwards.get(), 2);
 
-    let boolq = run_task(&model, &tokenizer, Task::BoolQ, &data, &options).unwrap();
+    let boolq = run_task(&model, &tokenizer, Task::BoolQ, Some(&data), &options).unwrap();
     assert_eq!(boolq.metrics.len(), 1);
 
     let fewshot = TaskOptions {
@@ -662,11 +669,11 @@ fn run_task_scores_the_first_docs() {
         ..options
     };
     assert_eq!(
-        run_task(&model, &tokenizer, Task::ArcEasy, &data, &fewshot)
+        run_task(&model, &tokenizer, Task::ArcEasy, Some(&data), &fewshot)
             .unwrap()
             .num_fewshot,
         2
     );
-    let err = run_task(&model, &tokenizer, Task::Piqa, &data, &fewshot).unwrap_err();
+    let err = run_task(&model, &tokenizer, Task::Piqa, Some(&data), &fewshot).unwrap_err();
     assert!(format!("{err:#}").contains("piqa_train.jsonl"), "{err:#}");
 }

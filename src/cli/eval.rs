@@ -69,12 +69,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
         bail!("nothing to evaluate: pass --tasks (e.g. `all`) and/or --ppl (e.g. wikitext2,ptb)");
     }
     let data_dir = data_dir(args.data_dir.as_deref())?;
-    if !tasks.is_empty() {
-        let Some(dir) = &data_dir else {
-            bail!("--tasks needs the task files: pass --data-dir (../shared/data does not exist)");
-        };
-        check_task_files(&tasks, dir, args.num_fewshot)?;
-    }
+    check_task_files(&tasks, data_dir.as_deref(), args.num_fewshot)?;
     if let Some(path) = &args.json {
         check_parent_dir(path)?;
     }
@@ -89,10 +84,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if !ppl_results.is_empty() {
         println!("\n{}", perplexity_table(&ppl_results));
     }
-    let task_results = match &data_dir {
-        Some(dir) => run_tasks(&loaded, &tasks, dir, &args)?,
-        None => Vec::new(),
-    };
+    let task_results = run_tasks(&loaded, &tasks, data_dir.as_deref(), &args)?;
     if !task_results.is_empty() {
         println!("\n{}", markdown_table(&task_results));
     }
@@ -132,7 +124,7 @@ fn run_perplexity(
 fn run_tasks(
     loaded: &Loaded,
     tasks: &[Task],
-    data_dir: &Path,
+    data_dir: Option<&Path>,
     args: &EvalArgs,
 ) -> Result<Vec<TaskResult>> {
     let options = TaskOptions {
@@ -163,8 +155,9 @@ fn data_dir(given: Option<&Path>) -> Result<Option<PathBuf>> {
     }
 }
 
-/// Fails before the model is loaded when a task file is missing.
-fn check_task_files(tasks: &[Task], data_dir: &Path, num_fewshot: usize) -> Result<()> {
+/// Fails before the model is loaded when a task file is missing (downloading those the hub
+/// has).
+fn check_task_files(tasks: &[Task], data_dir: Option<&Path>, num_fewshot: usize) -> Result<()> {
     for &task in tasks {
         task_file(task, Split::Eval, data_dir)?;
         if num_fewshot > 0 {

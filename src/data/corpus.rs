@@ -401,9 +401,21 @@ fn hub_offline() -> bool {
 
 /// The local path of a hub dataset file: from the cache (HF_HOME), else downloaded.
 fn fetch_from_hub(hub: &HubFile) -> Result<PathBuf> {
-    let repo = hf_hub::Repo::new(hub.repo.to_string(), hf_hub::RepoType::Dataset);
+    fetch_dataset_file(hub.repo, None, &hub.file)
+}
+
+/// The local path of `file` in dataset `repo` at `revision` (None: main), from the hub cache
+/// (HF_HOME) or else downloaded into it; an error when it is in neither and HF_HUB_OFFLINE is
+/// set or the download fails.
+pub fn fetch_dataset_file(repo: &str, revision: Option<&str>, file: &str) -> Result<PathBuf> {
+    let repo = match revision {
+        Some(r) => {
+            hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Dataset, r.to_string())
+        }
+        None => hf_hub::Repo::new(repo.to_string(), hf_hub::RepoType::Dataset),
+    };
     let cache = hf_hub::Cache::from_env();
-    if let Some(path) = cache.repo(repo.clone()).get(&hub.file) {
+    if let Some(path) = cache.repo(repo.clone()).get(file) {
         return Ok(path);
     }
     if hub_offline() {
@@ -416,10 +428,26 @@ fn fetch_from_hub(hub: &HubFile) -> Result<PathBuf> {
         .build()
         .context("cannot set up the Hugging Face hub client")?;
     // ureq repeats its whole chain at every level; the innermost cause is the informative part.
-    api.repo(repo).get(&hub.file).map_err(|err| {
+    api.repo(repo).get(file).map_err(|err| {
         let err = anyhow::Error::from(err);
         anyhow!("download failed: {}", err.root_cause())
     })
+}
+
+/// Every row of a parquet file as a JSON object (nested groups and lists as JSON objects and
+/// arrays), the form the hub's JSONL exports have.
+pub fn parquet_records(path: &Path) -> Result<Vec<serde_json::Value>> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+    reader
+        .into_iter()
+        .enumerate()
+        .map(|(index, row)| {
+            let row = row.with_context(|| format!("{}: bad row {index}", path.display()))?;
+            Ok(row.to_json_value())
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -7,6 +7,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+
+use crate::data::corpus::{fetch_dataset_file, parquet_records};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -131,6 +133,28 @@ impl Task {
     }
 }
 
+impl Task {
+    /// The dataset repository lm-evaluation-harness reads and the split's file in the hub's
+    /// parquet conversion ([`HUB_PARQUET_REVISION`]), in the schema of the JSONL files.
+    pub fn hub_file(self, split: Split) -> (&'static str, String) {
+        let (repo, config, eval) = match self {
+            Task::ArcEasy => ("allenai/ai2_arc", "ARC-Easy", "test"),
+            Task::ArcChallenge => ("allenai/ai2_arc", "ARC-Challenge", "test"),
+            Task::Piqa => ("ybisk/piqa", "plain_text", "validation"),
+            Task::Hellaswag => ("Rowan/hellaswag", "default", "validation"),
+            Task::Winogrande => ("allenai/winogrande", "winogrande_xl", "validation"),
+            Task::OpenBookQa => ("allenai/openbookqa", "main", "test"),
+            Task::BoolQ => ("google/boolq", "default", "validation"),
+            Task::MathQa => ("allenai/math_qa", "default", "test"),
+        };
+        let split = match split {
+            Split::Eval => eval,
+            Split::Train => "train",
+        };
+        (repo, format!("{config}/{split}/0000.parquet"))
+    }
+}
+
 impl fmt::Display for Task {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -202,35 +226,67 @@ impl Doc {
     }
 }
 
-/// Reads every doc of `task`'s `split` from `data_dir`.
-pub fn load_docs(task: Task, split: Split, data_dir: &Path) -> Result<Vec<Doc>> {
-    let path = task_file(task, split, data_dir)?;
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, line)| !line.trim().is_empty())
-        .map(|(i, line)| {
-            parse_doc(task, line).with_context(|| format!("{}:{}", path.display(), i + 1))
-        })
-        .collect()
+/// Reads every doc of `task`'s `split`: the JSONL file under `data_dir`, else the hub's copy.
+pub fn load_docs(task: Task, split: Split, data_dir: Option<&Path>) -> Result<Vec<Doc>> {
+    match task_file(task, split, data_dir)? {
+        TaskFile::Local(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            text.lines()
+                .enumerate()
+                .filter(|(_, line)| !line.trim().is_empty())
+                .map(|(i, line)| {
+                    parse_doc(task, line).with_context(|| format!("{}:{}", path.display(), i + 1))
+                })
+                .collect()
+        }
+        TaskFile::Hub(path) => parquet_records(&path)?
+            .iter()
+            .enumerate()
+            .map(|(i, record)| {
+                parse_doc(task, &record.to_string())
+                    .with_context(|| format!("{} row {i}", path.display()))
+            })
+            .collect(),
+    }
 }
 
-/// The existing file of `task`'s `split`, or an error naming it and `--data-dir`.
-pub fn task_file(task: Task, split: Split, data_dir: &Path) -> Result<PathBuf> {
-    let path = data_dir.join(task.relative_path(split));
-    if path.is_file() {
-        return Ok(path);
+/// Where a task split is read from.
+pub enum TaskFile {
+    /// JSONL under the data directory.
+    Local(PathBuf),
+    /// The hub's parquet file, in the hub cache.
+    Hub(PathBuf),
+}
+
+/// The hub's own parquet conversion of every dataset: `{config}/{split}/0000.parquet`.
+const HUB_PARQUET_REVISION: &str = "refs/convert/parquet";
+
+/// The file of `task`'s `split`: under `data_dir` when it is there, else from the hub
+/// (cache first); an error naming both and `--data-dir` when neither can be had.
+pub fn task_file(task: Task, split: Split, data_dir: Option<&Path>) -> Result<TaskFile> {
+    let local = data_dir.map(|dir| dir.join(task.relative_path(split)));
+    if let Some(path) = local.as_ref().filter(|p| p.is_file()) {
+        return Ok(TaskFile::Local(path.clone()));
     }
+    let (repo, file) = task.hub_file(split);
+    let hub_err = match fetch_dataset_file(repo, Some(HUB_PARQUET_REVISION), &file) {
+        Ok(path) => return Ok(TaskFile::Hub(path)),
+        Err(err) => err,
+    };
+    let local = match &local {
+        Some(path) => format!("{} not found", path.display()),
+        None => "no --data-dir (and ../shared/data does not exist)".to_string(),
+    };
+    let hub =
+        format!("the hub copy hf://datasets/{repo}/{file} could not be used either: {hub_err:#}");
     match split {
         Split::Eval => bail!(
-            "{task}: {} not found; point --data-dir at a directory laid out like ../shared/data",
-            path.display()
+            "{task}: {local}; {hub}; point --data-dir at a directory laid out like ../shared/data"
         ),
         Split::Train => bail!(
-            "{task} has no training split to draw few-shot examples from: {} not found \
-             (use --num-fewshot 0 or add the file under --data-dir)",
-            path.display()
+            "{task} has no training split to draw few-shot examples from: {local}; {hub} \
+             (use --num-fewshot 0 or add the file under --data-dir)"
         ),
     }
 }

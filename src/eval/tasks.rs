@@ -56,7 +56,7 @@ pub fn run_task(
     model: &dyn CausalLm,
     tokenizer: &Tokenizer,
     task: Task,
-    data_dir: &Path,
+    data_dir: Option<&Path>,
     options: &TaskOptions,
 ) -> Result<TaskResult> {
     let start = Instant::now();
