@@ -187,6 +187,38 @@ fn causal_attention_blocks_agree() {
     }
 }
 
+/// Under the causal mask, masked attention is causal attention, however many rows it takes
+/// at a time; it refuses inputs in a gradient graph.
+#[test]
+fn masked_attention_under_the_causal_mask_is_causal_attention() {
+    let (b, t) = (3, 12);
+    let (q, k, v) = (
+        randn(&[b, 6, t, 8], DType::F32),
+        randn(&[b, 2, t, 8], DType::F32),
+        randn(&[b, 2, t, 8], DType::F32),
+    );
+    let mask: Vec<f32> = (0..b * t * t)
+        .map(|n| {
+            if n % t > (n / t) % t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mask = Tensor::from_vec(mask, (b, 1, 1, t, t), &Device::Cpu).unwrap();
+    let causal = ops::causal_attention(&q, &k, &v, 0.3, 5).unwrap();
+    let one_row = 6 * t * t * 4;
+    for score_bytes in [0, one_row, 2 * one_row, usize::MAX] {
+        let masked = ops::masked_attention(&q, &k, &v, 0.3, &mask, score_bytes).unwrap();
+        let diff = max_abs_diff(&causal, &masked);
+        assert!(diff < 1e-5, "{score_bytes} bytes of scores: {diff}");
+    }
+    let tracked = Var::from_tensor(&q).unwrap();
+    let err = ops::masked_attention(tracked.as_tensor(), &k, &v, 0.3, &mask, usize::MAX);
+    assert!(err.is_err());
+}
+
 #[test]
 fn rope_matches_finite_differences_and_the_composed_form() {
     check(|dtype| {

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context, Result};
 use parquet::file::reader::SerializedFileReader;
-use parquet::record::Field;
+use parquet::record::{Field, Row};
 
 /// A text corpus: one of the papers' named datasets or a local file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -197,14 +197,9 @@ fn jsonl_texts(content: &str, path: &Path) -> Result<Vec<String>> {
 
 /// Every value of one string column of a parquet file, in row order.
 fn parquet_column(path: &Path, column: &str) -> Result<Vec<String>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader = SerializedFileReader::new(file)
-        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
-    reader
-        .into_iter()
-        .enumerate()
-        .map(|(index, row)| {
-            let row = row.with_context(|| format!("{}: bad row {index}", path.display()))?;
+    parquet_rows(path)?
+        .map(|row| {
+            let (index, row) = row?;
             match row
                 .get_column_iter()
                 .find(|(name, _)| name.as_str() == column)
@@ -218,6 +213,17 @@ fn parquet_column(path: &Path, column: &str) -> Result<Vec<String>> {
             }
         })
         .collect()
+}
+
+/// The rows of a parquet file with their indices; errors name the file.
+fn parquet_rows(path: &Path) -> Result<impl Iterator<Item = Result<(usize, Row)>> + '_> {
+    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let reader = SerializedFileReader::new(file)
+        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
+    Ok(reader.into_iter().enumerate().map(move |(index, row)| {
+        row.map(|row| (index, row))
+            .with_context(|| format!("{}: bad row {index}", path.display()))
+    }))
 }
 
 /// A file in a Hugging Face dataset repository.
@@ -437,16 +443,8 @@ pub fn fetch_dataset_file(repo: &str, revision: Option<&str>, file: &str) -> Res
 /// Every row of a parquet file as a JSON object (nested groups and lists as JSON objects and
 /// arrays), the form the hub's JSONL exports have.
 pub fn parquet_records(path: &Path) -> Result<Vec<serde_json::Value>> {
-    let file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
-    let reader = SerializedFileReader::new(file)
-        .with_context(|| format!("{} is not a readable parquet file", path.display()))?;
-    reader
-        .into_iter()
-        .enumerate()
-        .map(|(index, row)| {
-            let row = row.with_context(|| format!("{}: bad row {index}", path.display()))?;
-            Ok(row.to_json_value())
-        })
+    parquet_rows(path)?
+        .map(|row| Ok(row?.1.to_json_value()))
         .collect()
 }
 

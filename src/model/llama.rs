@@ -208,7 +208,7 @@ impl Attention {
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let y = match mask {
             None => ops::causal_attention(&q, &k, &v, scale, ops::ATTENTION_BLOCK)?,
-            Some(mask) => ops::masked_attention(&q, &k, &v, scale, mask)?,
+            Some(mask) => ops::masked_attention(&q, &k, &v, scale, mask, ops::MASKED_SCORES_BYTES)?,
         };
         let y = y
             .transpose(1, 2)?

@@ -364,14 +364,16 @@ pub fn causal_attention(
 
 /// Scaled dot-product attention under an additive `mask` (batch, 1, 1, seq, seq) of 0 and −inf,
 /// with q (batch, heads, seq, d) and grouped k, v (batch, kv_heads, seq, d); softmax in at
-/// least f32. For inference only: it has no backward, so it refuses inputs in a gradient graph
-/// rather than drop their gradients.
+/// least f32. As many batch rows at a time as keep the f32 scores (heads × seq² per row) within
+/// `score_bytes` (at least one row), so that long few-shot rows do not take gigabytes. For inference only: it has no backward, so it refuses inputs in a
+/// gradient graph rather than drop their gradients.
 pub fn masked_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     mask: &Tensor,
+    score_bytes: usize,
 ) -> Result<Tensor> {
     if q.track_op() || k.track_op() || v.track_op() {
         candle_core::bail!("masked attention has no backward pass");
@@ -379,14 +381,26 @@ pub fn masked_attention(
     let (b, heads, t, d) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let groups = heads / kv_heads;
-    let scores = (q.reshape((b, kv_heads, groups * t, d))?.matmul(&k.t()?)? * scale)?
-        .reshape((b, kv_heads, groups, t, t))?
-        .broadcast_add(mask)?;
-    let p = candle_nn::ops::softmax_last_dim(&at_least_f32(&scores)?)?
-        .to_dtype(q.dtype())?
-        .reshape((b, kv_heads, groups * t, t))?;
-    p.matmul(&v.contiguous()?)?.reshape((b, heads, t, d))
+    let per_chunk = (score_bytes / (heads * t * t * 4).max(1)).clamp(1, b.max(1));
+    let chunks = (0..b)
+        .step_by(per_chunk)
+        .map(|i| {
+            let n = per_chunk.min(b - i);
+            let (q, k, v) = (q.narrow(0, i, n)?, k.narrow(0, i, n)?, v.narrow(0, i, n)?);
+            let scores = (q.reshape((n, kv_heads, groups * t, d))?.matmul(&k.t()?)? * scale)?
+                .reshape((n, kv_heads, groups, t, t))?
+                .broadcast_add(&mask.narrow(0, i, n)?)?;
+            let p = candle_nn::ops::softmax_last_dim(&at_least_f32(&scores)?)?
+                .to_dtype(q.dtype())?
+                .reshape((n, kv_heads, groups * t, t))?;
+            p.matmul(&v.contiguous()?)?.reshape((n, heads, t, d))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Tensor::cat(&chunks, 0)
 }
+
+/// The scores [`masked_attention`] holds at once in a model's forward pass.
+pub const MASKED_SCORES_BYTES: usize = 64 << 20;
 
 /// Rows of logits [`linear_cross_entropy`] and [`target_log_probs`] compute at a time: 256 × a
 /// 49k vocabulary is 48 MB, large enough for an efficient head GEMM.
