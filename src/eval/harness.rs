@@ -87,22 +87,21 @@ pub fn loglikelihoods(
     for (i, window) in windows.iter().enumerate() {
         by_trunk.entry(window.trunk()).or_default().push(i);
     }
-    let mut groups: Vec<Vec<usize>> = by_trunk.into_values().collect();
-    let row_len = |group: &[usize]| {
-        windows[group[0]].trunk().len()
-            + group
-                .iter()
-                .map(|&i| windows[i].branch().len())
-                .sum::<usize>()
-    };
-    groups.sort_by_key(|g| Reverse(row_len(g)));
+    let mut groups: Vec<(Vec<usize>, PackedRow)> = by_trunk
+        .into_values()
+        .map(|group| {
+            let branches: Vec<&[u32]> = group.iter().map(|&i| windows[i].branch()).collect();
+            let row = PackedRow::new(windows[group[0]].trunk(), &branches);
+            (group, row)
+        })
+        .collect();
+    groups.sort_by_key(|(_, row)| Reverse(row.len()));
     let mut scores = vec![0.0; requests.len()];
     for chunk in groups.chunks(batch_size) {
-        let members: Vec<&[usize]> = chunk.iter().map(Vec::as_slice).collect();
-        for (i, score) in score_batch(model, &windows, &members)? {
+        for (i, score) in score_batch(model, &windows, chunk)? {
             scores[i] = score;
         }
-        progress.inc(chunk.iter().map(Vec::len).sum::<usize>() as u64);
+        progress.inc(chunk.iter().map(|(group, _)| group.len()).sum::<usize>() as u64);
     }
     Ok(scores)
 }
@@ -137,26 +136,26 @@ impl<'a> Window<'a> {
     }
 }
 
-/// One forward over the rows of `groups` (each a set of windows with one trunk, packed into
-/// one [`PackedRow`]), right-padded to the longest; the sum of log-probabilities of each
+/// One forward over the packed rows of `groups` (each the windows sharing one trunk, with
+/// their [`PackedRow`]), right-padded to the longest; the sum of log-probabilities of each
 /// window's continuation, by window index. The LM head runs only where it is read.
 fn score_batch(
     model: &dyn CausalLm,
     windows: &[Window],
-    groups: &[&[usize]],
+    groups: &[(Vec<usize>, PackedRow)],
 ) -> Result<Vec<(usize, f64)>> {
-    let mut rows: Vec<PackedRow> = groups
+    let width = groups.iter().map(|(_, row)| row.len()).max().unwrap_or(0);
+    let rows: Vec<PackedRow> = groups
         .iter()
-        .map(|group| {
-            let branches: Vec<&[u32]> = group.iter().map(|&i| windows[i].branch()).collect();
-            PackedRow::new(windows[group[0]].trunk(), &branches)
+        .map(|(_, row)| {
+            let mut row = row.clone();
+            row.pad_to(width);
+            row
         })
         .collect();
-    let width = rows.iter().map(PackedRow::len).max().unwrap_or(0);
-    rows.iter_mut().for_each(|row| row.pad_to(width));
     let mut reads = Vec::new();
     let mut targets = Vec::new();
-    for (r, group) in groups.iter().enumerate() {
+    for (r, (group, _)) in groups.iter().enumerate() {
         let start = r * width;
         let trunk = windows[group[0]].trunk().len();
         let mut next = start + trunk;
@@ -179,7 +178,7 @@ fn score_batch(
     );
     let mut sums = Vec::new();
     let mut rest = log_probs.as_slice();
-    for &i in groups.iter().flat_map(|g| g.iter()) {
+    for &i in groups.iter().flat_map(|(group, _)| group) {
         let (mine, others) = rest.split_at(windows[i].continuation.len());
         sums.push((i, mine.iter().map(|&lp| f64::from(lp)).sum()));
         rest = others;
