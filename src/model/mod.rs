@@ -4,6 +4,7 @@
 pub mod config;
 pub mod linear;
 pub mod llama;
+pub mod logits;
 pub mod ops;
 
 pub use config::LlamaConfig;

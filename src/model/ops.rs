@@ -17,6 +17,8 @@ use candle_core::{
     Tensor, D,
 };
 
+use super::logits::logit_blocks;
+
 /// Half-precision tensors are upcast to f32 for reductions, logits and losses; f32 and f64
 /// stay as they are.
 pub fn at_least_f32(x: &Tensor) -> Result<Tensor> {
@@ -402,72 +404,22 @@ pub fn masked_attention(
 /// The scores [`masked_attention`] holds at once in a model's forward pass.
 pub const MASKED_SCORES_BYTES: usize = 64 << 20;
 
-/// Rows of logits [`linear_cross_entropy`] and [`target_log_probs`] compute at a time: 256 × a
-/// 49k vocabulary is 48 MB, large enough for an efficient head GEMM.
-const LOGIT_ROWS: usize = 256;
-
-/// [`LOGIT_ROWS`] rows of the logits ℓ = x·wᵀ (in at least f32) with what a cross-entropy needs.
-struct LogitBlock {
-    start: usize,
-    rows: usize,
-    logits: Tensor,
-    /// exp(ℓ − max ℓ) and its row sums.
-    exp: Tensor,
-    sum: Tensor,
-    max: Tensor,
-    /// The block's u32 targets, (rows, 1).
-    targets: Tensor,
-}
-
-impl LogitBlock {
-    /// logsumexp(ℓ) − ℓ[target] per row, (rows, 1).
-    fn nll(&self) -> Result<Tensor> {
-        (self.sum.log()? + &self.max)? - self.logits.gather(&self.targets, 1)?
-    }
-}
-
-/// The logits of a frozen head w (vocab, hidden) over x (rows, hidden), [`LOGIT_ROWS`] rows
-/// at a time, with their (rows, 1) `targets`: no (rows, vocab) tensor ever exists.
-fn logit_blocks<'a>(
-    x: &'a Tensor,
-    w: &'a Tensor,
-    targets: &'a Tensor,
-) -> Result<impl Iterator<Item = Result<LogitBlock>> + 'a> {
-    let rows = x.dim(0)?;
-    let xd = x.detach();
-    Ok((0..rows).step_by(LOGIT_ROWS).map(move |start| {
-        let n = LOGIT_ROWS.min(rows - start);
-        let logits = at_least_f32(&xd.narrow(0, start, n)?.matmul(&w.t()?)?)?;
-        let max = logits.max_keepdim(1)?;
-        let exp = logits.broadcast_sub(&max)?.exp()?;
-        Ok(LogitBlock {
-            start,
-            rows: n,
-            sum: exp.sum_keepdim(1)?,
-            exp,
-            logits,
-            max,
-            targets: targets.narrow(0, start, n)?,
-        })
-    }))
-}
-
 /// log softmax(x·wᵀ)[target] per row, (rows,) in at least f32, for x (rows, hidden), a frozen
 /// head w (vocab, hidden) and u32 `targets` (rows): the head's log-likelihoods without a
 /// (rows, vocab) tensor. Inference only: no backward.
 pub fn target_log_probs(x: &Tensor, w: &Tensor, targets: &Tensor) -> Result<Tensor> {
     let targets = targets.reshape((x.dim(0)?, 1))?;
-    let blocks = logit_blocks(x, w, &targets)?
-        .map(|b| b?.nll()?.neg())
+    let blocks = logit_blocks(x, w, &targets, None)?
+        .map(|b| b?.nll.neg())
         .collect::<Result<Vec<_>>>()?;
     Tensor::cat(&blocks, 0)?.squeeze(1)
 }
 
 /// Σ over rows of weight·(logsumexp(ℓ) − ℓ[target]) with logits ℓ = x·wᵀ, for x (rows, hidden),
 /// a frozen head w (vocab, hidden), u32 `targets` (rows) and `weights` (rows): the weighted
-/// cross-entropy of the LM head, [`LOGIT_ROWS`] rows of logits at a time, so that no
+/// cross-entropy of the LM head, [`LOGIT_ROWS`](super::logits::LOGIT_ROWS) rows of logits at a time, so that no
 /// (rows, vocab) tensor ever exists. When x is in a graph, each block's gradient
-/// ((softmax(ℓ) − onehot)·weight)·w is computed while its logits are at hand and the backward
+/// ((softmax(ℓ) − onehot)·weight)·w is computed while its logits are at hand ([`logit_blocks`]) and the backward
 /// only scales it: the same two head products as a forward and a backward, without keeping
 /// the logits.
 pub fn linear_cross_entropy(
@@ -485,20 +437,17 @@ pub fn linear_cross_entropy(
         return (log_p.gather(&targets, 1)? * weights)?.sum_all()?.neg();
     }
     let track = x.track_op();
+    let weights = weights.reshape((rows, 1))?;
     let mut losses = Vec::new();
     let mut grads = Vec::new();
-    for block in logit_blocks(x, w, &targets)? {
+    for block in logit_blocks(x, w, &targets, track.then_some(&weights))? {
         let block = block?;
         let wb = weights
             .narrow(0, block.start, block.rows)?
-            .reshape((block.rows, 1))?
-            .to_dtype(block.exp.dtype())?;
-        losses.push((block.nll()? * &wb)?.sum_all()?);
-        if track {
-            let p = block.exp.broadcast_div(&block.sum)?;
-            let minus_one = Tensor::ones((block.rows, 1), p.dtype(), p.device())?.neg()?;
-            p.scatter_add_set(&block.targets, &minus_one, 1)?;
-            grads.push(p.broadcast_mul(&wb)?.to_dtype(x.dtype())?.matmul(w)?);
+            .to_dtype(block.nll.dtype())?;
+        losses.push((&block.nll * &wb)?.sum_all()?);
+        if let Some(dlogits) = block.dlogits {
+            grads.push(dlogits.to_dtype(x.dtype())?.matmul(w)?);
         }
     }
     let value = Tensor::stack(&losses, 0)?.sum_all()?;

@@ -1,0 +1,240 @@
+//! The LM head's cross-entropy, a block of rows at a time: logits ℓ = x·wᵀ, each row's
+//! negative log-likelihood logsumexp(ℓ) − ℓ[target] and, for a backward, its weighted
+//! gradient (softmax(ℓ) − onehot)·weight with respect to ℓ.
+//!
+//! On the CPU in f32 all of that is one pass per row over the GEMM's own output, overwritten
+//! in place while the row is in cache. candle's ops would take eight passes over the block
+//! (max, subtract, exp, sum, gather, divide, scatter, scale), four fresh 48 MB buffers and
+//! their page faults, and one scalar libm `expf` call per logit: together more than a tenth of
+//! a gradient pass. Other devices and dtypes take those ops.
+
+use std::sync::{Mutex, PoisonError};
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
+
+/// Rows of logits computed at a time: 256 × a 49k vocabulary is 48 MB, large enough for an
+/// efficient head GEMM.
+pub const LOGIT_ROWS: usize = 256;
+
+/// One block of rows of the head's cross-entropy.
+pub struct LogitBlock {
+    pub start: usize,
+    pub rows: usize,
+    /// logsumexp(ℓ) − ℓ[target] per row, (rows, 1), in at least f32.
+    pub nll: Tensor,
+    /// (softmax(ℓ) − onehot(target))·weight, (rows, vocab), when weights were given.
+    pub dlogits: Option<Tensor>,
+}
+
+/// The head's cross-entropy over x (rows, hidden) for a frozen head w (vocab, hidden) and
+/// (rows, 1) u32 `targets`, [`LOGIT_ROWS`] rows at a time so that no (rows, vocab) tensor
+/// ever exists. With (rows, 1) `weights`, each block also carries its logits' gradient.
+pub fn logit_blocks<'a>(
+    x: &'a Tensor,
+    w: &'a Tensor,
+    targets: &'a Tensor,
+    weights: Option<&'a Tensor>,
+) -> Result<impl Iterator<Item = Result<LogitBlock>> + 'a> {
+    let rows = x.dim(0)?;
+    let xd = x.detach();
+    Ok((0..rows).step_by(LOGIT_ROWS).map(move |start| {
+        let n = LOGIT_ROWS.min(rows - start);
+        let logits = super::ops::at_least_f32(&xd.narrow(0, start, n)?.matmul(&w.t()?)?)?;
+        let targets = targets.narrow(0, start, n)?;
+        let weights = weights.map(|w| w.narrow(0, start, n)).transpose()?;
+        let (nll, dlogits) = if logits.device().is_cpu() && logits.dtype() == DType::F32 {
+            fused_cpu(logits, &targets, weights.as_ref())?
+        } else {
+            composed(&logits, &targets, weights.as_ref())?
+        };
+        Ok(LogitBlock {
+            start,
+            rows: n,
+            nll,
+            dlogits,
+        })
+    }))
+}
+
+/// The same with candle's ops, for f64 and for GPUs.
+fn composed(
+    logits: &Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let max = logits.max_keepdim(1)?;
+    let exp = logits.broadcast_sub(&max)?.exp()?;
+    let sum = exp.sum_keepdim(1)?;
+    let nll = ((sum.log()? + &max)? - logits.gather(targets, 1)?)?;
+    let dlogits = match weights {
+        None => None,
+        Some(weights) => {
+            let weights = weights.to_dtype(logits.dtype())?;
+            let p = exp.broadcast_div(&sum)?;
+            p.scatter_add_set(targets, &weights.ones_like()?.neg()?, 1)?;
+            Some(p.broadcast_mul(&weights)?)
+        }
+    };
+    Ok((nll, dlogits))
+}
+
+/// One pass per row over the f32 logits, in place: they become the weighted gradient (or are
+/// just read, without weights).
+fn fused_cpu(
+    logits: Tensor,
+    targets: &Tensor,
+    weights: Option<&Tensor>,
+) -> Result<(Tensor, Option<Tensor>)> {
+    let logits = logits.contiguous()?;
+    let rows = logits.dim(0)?;
+    let op = RowCrossEntropy {
+        targets: targets.flatten_all()?.to_vec1()?,
+        weights: weights
+            .map(|w| w.flatten_all()?.to_dtype(DType::F32)?.to_vec1())
+            .transpose()?,
+        nll: Mutex::new(Vec::new()),
+    };
+    logits.inplace_op1(&op)?;
+    let nll = op.nll.into_inner().unwrap_or_else(PoisonError::into_inner);
+    let nll = Tensor::from_vec(nll, (rows, 1), logits.device())?;
+    Ok((nll, op.weights.is_some().then_some(logits)))
+}
+
+struct RowCrossEntropy {
+    targets: Vec<u32>,
+    weights: Option<Vec<f32>>,
+    nll: Mutex<Vec<f32>>,
+}
+
+impl InplaceOp1 for RowCrossEntropy {
+    fn name(&self) -> &'static str {
+        "row-cross-entropy"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("row-cross-entropy: the logits are not f32");
+        };
+        let (rows, vocab) = layout.shape().dims2()?;
+        let start = layout.start_offset();
+        let data = &mut data[start..start + rows * vocab];
+        if let Some(&bad) = self.targets.iter().find(|&&t| t as usize >= vocab) {
+            candle_core::bail!("target {bad} is outside the vocabulary of {vocab}");
+        }
+        let mut nll = vec![0f32; rows];
+        let (data_ptr, nll_ptr) = (data.as_mut_ptr() as usize, nll.as_mut_ptr() as usize);
+        candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
+            for r in range {
+                // SAFETY: the pool hands each row index to exactly one chunk, so the row
+                // slices and nll entries written are disjoint, and both buffers outlive
+                // the call.
+                let (row, out) = unsafe {
+                    (
+                        std::slice::from_raw_parts_mut(
+                            (data_ptr as *mut f32).add(r * vocab),
+                            vocab,
+                        ),
+                        &mut *(nll_ptr as *mut f32).add(r),
+                    )
+                };
+                let weight = self.weights.as_ref().map(|w| w[r]);
+                *out = row_cross_entropy(row, self.targets[r] as usize, weight);
+            }
+        });
+        *self.nll.lock().unwrap_or_else(PoisonError::into_inner) = nll;
+        Ok(())
+    }
+}
+
+/// Lanes of the partial maxima and sums: independent accumulators the compiler keeps in
+/// vector registers (a single f32 accumulator would serialise the row).
+const LANES: usize = 16;
+
+/// logsumexp(row) − row[target]; with a weight, the row becomes (softmax(row) − onehot)·weight.
+fn row_cross_entropy(row: &mut [f32], target: usize, weight: Option<f32>) -> f32 {
+    let picked = row[target];
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in maxes.iter_mut().zip(chunk) {
+            *m = if x > *m { x } else { *m };
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&maxes)
+        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let mut sums = [0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, x) in sums.iter_mut().zip(chunk) {
+            *x = exp_nonpositive(*x - max);
+            *s += *x;
+        }
+    }
+    let mut sum: f32 = sums.iter().sum();
+    for x in chunks.into_remainder() {
+        *x = exp_nonpositive(*x - max);
+        sum += *x;
+    }
+    if let Some(weight) = weight {
+        let scale = weight / sum;
+        row.iter_mut().for_each(|x| *x *= scale);
+        row[target] -= weight;
+    }
+    sum.ln() + max - picked
+}
+
+/// e^x for x ≤ 0 within about 2 ulp, branch-free so that it vectorises (libm's `expf` is one
+/// call per element). Below −87.3 the result would be subnormal and is flushed to 0: beside
+/// the row maximum's e^0 = 1 it changes nothing a float can hold. NaN stays NaN.
+#[inline(always)]
+fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n·LN2_HI is exact for the n that occur (|n| ≤ 126).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let t = x * LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Cephes' minimax polynomial for e^r on |r| ≤ ln2/2.
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let e = (p * r) * r + r + 1.0;
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let scale = f32::from_bits(((n_bits + 127).max(0) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        e * scale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exp_nonpositive;
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_down_to_the_flush() {
+        let mut x = 0.0f32;
+        while x > -87.3 {
+            let (fast, libm) = (exp_nonpositive(x), x.exp());
+            let ulp = f32::from_bits(libm.to_bits() + 1) - libm;
+            assert!(
+                (fast - libm).abs() <= 2.0 * ulp,
+                "exp({x}) = {fast}, libm {libm}"
+            );
+            x -= 0.000_731;
+        }
+        assert_eq!(exp_nonpositive(-88.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+}
