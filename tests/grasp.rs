@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use common::*;
 use grasp::data::calibration::Calibration;
-use grasp::grasp::attribution::Batches;
+use grasp::grasp::attribution::{Batches, InputCollector};
 use grasp::grasp::compress::{compress_layers, CompressOptions, InputCache, Method};
 use grasp::grasp::influence::block_influence;
 use grasp::grasp::selection::{Metric, RankRule};
@@ -39,7 +39,8 @@ fn check_block_influence(dir: &Path, golden_name: &str) {
     let calib = golden_calibration(&golden);
     let n = calib.windows.len() as f64;
     for (angular, key) in [(false, "bi_cosine_sum"), (true, "bi_angular_sum")] {
-        let bi = block_influence(&model, &calib, 1, angular, 1, &ProgressBar::hidden()).unwrap();
+        let bi =
+            block_influence(&model, &calib, 1, angular, 1, &ProgressBar::hidden(), None).unwrap();
         let want: Vec<f64> = f64s(&golden[key]).iter().map(|s| s / n).collect();
         let err = rel_err(&bi.scores, &want);
         eprintln!("{golden_name} {key}: max relative error {err:.2e}");
@@ -66,9 +67,9 @@ fn smollm2_block_influence_matches_the_reference() {
     }
 }
 
-/// Runs GRASP as the golden run did, with the layer inputs kept in `inputs` ("memory", "disk"
-/// or "recomputed": each must give the same result), and compares layers, ranks, kept indices
-/// and dL/dS.
+/// Runs GRASP as the golden run did, with the layer inputs kept in `inputs` ("memory", "disk",
+/// "recomputed" or "bi-disk": each must give the same result), and compares layers, ranks,
+/// kept indices and dL/dS.
 fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str) {
     let (Some(run), Some(base)) = (golden(run_name), golden(windows_from)) else {
         return;
@@ -77,9 +78,34 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str)
     let scratch = TempDir::new(&format!("inputs-{run_name}"));
     let calib = golden_calibration(&base);
     let n_prune = run["args"]["num_prune_layers"].as_u64().unwrap() as usize;
-    let bi = block_influence(&model, &calib, 1, false, 1, &ProgressBar::hidden()).unwrap();
+    // "bi-disk": the block-influence pass keeps every layer's input in files, as the CLI does
+    // on the CPU, and the unchosen layers' files are deleted once the layers are chosen.
+    let all_layers: Vec<usize> = (0..model.num_layers()).collect();
+    let mut collector =
+        (inputs == "bi-disk").then(|| InputCollector::new(&all_layers, Some(scratch.path())));
+    let bi = block_influence(
+        &model,
+        &calib,
+        1,
+        false,
+        1,
+        &ProgressBar::hidden(),
+        collector.as_mut(),
+    )
+    .unwrap();
     let chosen = bi.redundant_layers(n_prune);
     assert_eq!(chosen, usizes(&run["chosen_layers"]), "chosen layers");
+    let collected = collector.map(|c| {
+        let mut kept = c.finish(&Device::Cpu);
+        kept.retain(&chosen);
+        let files = std::fs::read_dir(scratch.path()).unwrap().count();
+        assert_eq!(
+            files,
+            chosen.len() * calib.windows.len(),
+            "files left after retain"
+        );
+        kept
+    });
     let metric = if run_name.contains("gradient") {
         Metric::Gradient
     } else {
@@ -120,8 +146,8 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str)
         .iter()
         .map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap())
         .collect();
-    let result = compress_layers(&mut model, &chosen, &Batches { ids }, &opts).unwrap();
-    assert_eq!(result.layer_inputs, inputs);
+    let result = compress_layers(&mut model, &chosen, &Batches { ids }, &opts, collected).unwrap();
+    assert_eq!(result.layer_inputs, inputs.trim_start_matches("bi-"));
 
     let mut worst_grad = 0f64;
     let mut boundary_swaps = 0;
@@ -219,7 +245,7 @@ fn smollm2_grasp_taylor_ratio_matches_the_reference() {
             &dir,
             "smollm2-135m-grasp-taylor-n4-r0.5.json",
             "smollm2-135m.json",
-            "disk",
+            "bi-disk",
         );
     }
 }

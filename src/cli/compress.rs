@@ -10,8 +10,10 @@ use serde::Serialize;
 use super::common::{CalibrationArgs, Log, ModelArgs};
 use super::layers::{check_num_prune_layers, print_table, score_layers};
 use crate::data::calibration::Calibration;
-use crate::grasp::attribution::Batches;
-use crate::grasp::compress::{compress_layers, CompressOptions, Compression, InputCache, Method};
+use crate::grasp::attribution::{Batches, InputCollector, LayerInputs};
+use crate::grasp::compress::{
+    compress_layers, CompressOptions, Compression, InputCache, Method, Placement,
+};
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
 use crate::io::load::load_model;
@@ -201,12 +203,19 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let calibration_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
+    let input_dir = Staging::scratch(&out, "inputs")?;
+    let input_cache = InputCache {
+        memory_budget: input_cache_budget(),
+        disk_dir: Some(input_dir.dir().to_path_buf()),
+    };
+    let mut collector = bi_pass_collector(&args, &model, &batches, &input_cache);
     let bi = score_layers(
         &model,
         &calib,
         args.calibration.batch_size,
         args.angular,
         args.num_prune_layers.unwrap_or(1),
+        collector.as_mut(),
     )?;
     let chosen = match (&args.layers, args.num_prune_layers) {
         (Some(l), _) => {
@@ -218,6 +227,11 @@ pub fn run(args: CompressArgs) -> Result<()> {
         (None, Some(n)) => bi.redundant_layers(n),
         (None, None) => bail!("give --num-prune-layers or --layers"),
     };
+    let collected = collector.map(|c| {
+        let mut inputs = c.finish(model.device());
+        inputs.retain(&chosen);
+        inputs
+    });
     if args.verbose {
         print_table(&bi, &chosen);
     }
@@ -240,7 +254,6 @@ pub fn run(args: CompressArgs) -> Result<()> {
 
     let t = Instant::now();
     let params_before = model.num_params();
-    let input_dir = Staging::scratch(&out, "inputs")?;
     let opts = CompressOptions {
         method: args.method,
         metric: args.metric,
@@ -248,12 +261,9 @@ pub fn run(args: CompressArgs) -> Result<()> {
         mlp_targets,
         attn_targets,
         svd_dtype: args.svd_dtype,
-        input_cache: InputCache {
-            memory_budget: input_cache_budget(),
-            disk_dir: Some(input_dir.dir().to_path_buf()),
-        },
+        input_cache,
     };
-    let compression = compress_layers(&mut model, &chosen, &batches, &opts)?;
+    let compression = compress_layers(&mut model, &chosen, &batches, &opts, collected)?;
     for b in &compression.blocks {
         let loss = b
             .calib_loss_mean
@@ -376,6 +386,34 @@ fn module_map(c: &Compression) -> serde_json::Value {
 /// has room, else recomputed layer by layer. Files cost a write and a read of each input, far
 /// less than a prefix forward pass, and keep the peak memory to the model and one window's
 /// activations.
+/// The block-influence pass computes every layer's input: on the CPU, where a forward pass is
+/// dear, it keeps the inputs of every layer GRASP may compress (memory or disk as the cache
+/// allows) so that no second pass is needed once the layers are chosen. On a GPU that pass is
+/// cheaper than moving every layer's inputs to the host, so there only the chosen layers'
+/// inputs are collected, by a pass of their own.
+fn bi_pass_collector(
+    args: &CompressArgs,
+    model: &crate::model::Llama,
+    batches: &Batches,
+    cache: &InputCache,
+) -> Option<InputCollector> {
+    if args.method != Method::Grasp {
+        return None;
+    }
+    let candidates: Vec<usize> = match &args.layers {
+        Some(l) => l.clone(),
+        None => (0..model.num_layers()).collect(),
+    };
+    let bytes = candidates.len() * LayerInputs::bytes_per_layer(model, batches);
+    match cache.place(bytes) {
+        Placement::Memory => Some(InputCollector::new(&candidates, None)),
+        Placement::Disk(dir) if model.device().is_cpu() => {
+            Some(InputCollector::new(&candidates, Some(dir)))
+        }
+        _ => None,
+    }
+}
+
 fn input_cache_budget() -> usize {
     std::env::var("GRASP_INPUT_CACHE_MB")
         .ok()

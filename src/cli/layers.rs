@@ -7,6 +7,7 @@ use clap::Args;
 
 use super::common::{CalibrationArgs, ModelArgs};
 use crate::data::calibration::Calibration;
+use crate::grasp::attribution::InputCollector;
 use crate::grasp::influence::{block_influence, BlockInfluence};
 use crate::io::load::load_model;
 use crate::io::save::write_json;
@@ -44,6 +45,7 @@ pub fn run(args: LayersArgs) -> Result<()> {
         args.calibration.batch_size,
         args.angular,
         args.num_prune_layers,
+        None,
     )?;
     let chosen = bi.redundant_layers(args.num_prune_layers);
     print_table(&bi, &chosen);
@@ -71,10 +73,11 @@ pub fn score_layers(
     batch_size: usize,
     angular: bool,
     num_prune_layers: usize,
+    inputs: Option<&mut InputCollector>,
 ) -> Result<BlockInfluence> {
     let span = if angular { num_prune_layers } else { 1 };
     let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let bi = block_influence(model, calib, batch_size, angular, span, &bar)?;
+    let bi = block_influence(model, calib, batch_size, angular, span, &bar, inputs)?;
     bar.finish_and_clear();
     Ok(bi)
 }

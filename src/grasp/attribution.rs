@@ -68,60 +68,111 @@ impl Inputs {
 /// The tensor name in a layer-input file.
 const INPUT: &str = "input";
 
+/// Keeps the inputs of some decoder layers as a forward pass computes them: in memory, or in
+/// files under a directory, written as they come so that they take no memory until a gradient
+/// pass reads them back, one batch at a time.
+pub struct InputCollector {
+    layers: Vec<usize>,
+    disk: Option<PathBuf>,
+    kept: BTreeMap<usize, Vec<Tensor>>,
+    files: BTreeMap<usize, Vec<PathBuf>>,
+}
+
+impl InputCollector {
+    pub fn new(layers: &[usize], disk: Option<&Path>) -> Self {
+        Self {
+            layers: layers.to_vec(),
+            disk: disk.map(Path::to_path_buf),
+            kept: BTreeMap::new(),
+            files: BTreeMap::new(),
+        }
+    }
+
+    /// Keeps `input` as layer `layer`'s input for batch `batch` if that layer is collected.
+    pub fn keep(&mut self, layer: usize, batch: usize, input: &Tensor) -> candle_core::Result<()> {
+        if !self.layers.contains(&layer) {
+            return Ok(());
+        }
+        match &self.disk {
+            None => self.kept.entry(layer).or_default().push(input.clone()),
+            Some(dir) => {
+                let file = dir.join(format!("layer{layer}-batch{batch}.safetensors"));
+                input.save_safetensors(INPUT, &file)?;
+                self.files.entry(layer).or_default().push(file);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn finish(self, device: &Device) -> LayerInputs {
+        let inputs = self
+            .kept
+            .into_iter()
+            .map(|(l, v)| (l, Inputs::Memory(v)))
+            .chain(self.files.into_iter().map(|(l, files)| {
+                let device = device.clone();
+                (l, Inputs::Disk { files, device })
+            }))
+            .collect();
+        LayerInputs { inputs }
+    }
+}
+
 /// Hidden-state inputs of some decoder layers for every calibration batch.
 pub struct LayerInputs {
     inputs: BTreeMap<usize, Inputs>,
 }
 
 impl LayerInputs {
-    /// One forward pass of the model as it is now, up to the highest requested layer. The
-    /// inputs are kept in memory, or written to files under `disk` as they are computed (so
-    /// that they take no memory until a gradient pass reads them back, one batch at a time).
+    /// One forward pass of the model as it is now, up to the highest requested layer, keeping
+    /// the inputs in memory or in files under `disk`.
     pub fn collect(
         model: &Llama,
         batches: &Batches,
         layers: &[usize],
         disk: Option<&Path>,
     ) -> Result<Self> {
-        let mut kept: BTreeMap<usize, Vec<Tensor>> = BTreeMap::new();
-        let mut files: BTreeMap<usize, Vec<PathBuf>> = BTreeMap::new();
-        let mut keep = |layer: usize, batch: usize, input: &Tensor| -> candle_core::Result<()> {
-            if !layers.contains(&layer) {
-                return Ok(());
-            }
-            match disk {
-                None => kept.entry(layer).or_default().push(input.clone()),
-                Some(dir) => {
-                    let file = dir.join(format!("layer{layer}-batch{batch}.safetensors"));
-                    input.save_safetensors(INPUT, &file)?;
-                    files.entry(layer).or_default().push(file);
-                }
-            }
-            Ok(())
-        };
+        let mut collector = InputCollector::new(layers, disk);
         if let Some(&top) = layers.iter().max() {
             for (batch, ids) in batches.ids.iter().enumerate() {
                 let embedded = model.embed(ids)?;
-                keep(0, batch, &embedded)?;
-                model.run_layers(&embedded, 0, top, |i, out| keep(i + 1, batch, out))?;
+                collector.keep(0, batch, &embedded)?;
+                model.run_layers(&embedded, 0, top, |i, out| {
+                    collector.keep(i + 1, batch, out)
+                })?;
             }
         }
-        let device = model.device().clone();
-        let inputs = kept
-            .into_iter()
-            .map(|(l, v)| (l, Inputs::Memory(v)))
-            .chain(files.into_iter().map(|(l, files)| {
-                let device = device.clone();
-                (l, Inputs::Disk { files, device })
-            }))
-            .collect();
-        Ok(Self { inputs })
+        Ok(collector.finish(model.device()))
     }
 
     /// Bytes one layer's inputs take: windows × seq × hidden × dtype size.
     pub fn bytes_per_layer(model: &Llama, batches: &Batches) -> usize {
         let tokens: usize = batches.ids.iter().map(|t| t.elem_count()).sum();
         tokens * model.config.hidden_size * model.dtype().size_in_bytes()
+    }
+
+    /// "disk" when any layer's inputs are in files, else "memory".
+    pub fn placement(&self) -> &'static str {
+        if self
+            .inputs
+            .values()
+            .any(|i| matches!(i, Inputs::Disk { .. }))
+        {
+            "disk"
+        } else {
+            "memory"
+        }
+    }
+
+    /// Drops the inputs of every layer not in `layers` (and deletes their files).
+    pub fn retain(&mut self, layers: &[usize]) {
+        self.inputs.retain(|l, inputs| {
+            let keep = layers.contains(l);
+            if !keep {
+                inputs.remove_files();
+            }
+            keep
+        });
     }
 
     pub fn take(&mut self, layer: usize) -> Option<Inputs> {

@@ -2,7 +2,7 @@
 //! attention block: SVD the targets, attribute the loss to each singular value, keep the
 //! important ones, truncate, and move on with the truncated block in place.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
@@ -47,6 +47,30 @@ pub struct CompressOptions {
 pub struct InputCache {
     pub memory_budget: usize,
     pub disk_dir: Option<PathBuf>,
+}
+
+/// Where layer inputs of a given size go under an [`InputCache`].
+pub enum Placement<'a> {
+    Memory,
+    Disk(&'a Path),
+    Recompute,
+}
+
+impl InputCache {
+    pub fn place(&self, bytes: usize) -> Placement<'_> {
+        if bytes <= self.memory_budget {
+            return Placement::Memory;
+        }
+        match self.disk_dir.as_deref() {
+            Some(dir)
+                if runtime::free_disk_bytes(dir)
+                    .is_some_and(|free| free >= bytes as u64 + DISK_MARGIN) =>
+            {
+                Placement::Disk(dir)
+            }
+            _ => Placement::Recompute,
+        }
+    }
 }
 
 /// Room left on the disk beyond the layer inputs, so that the output still fits.
@@ -95,11 +119,14 @@ pub struct Compression {
 }
 
 /// Compresses `layers` of `model` in place (or removes them with [`Method::Remove`]).
+/// `collected` may hold the layers' inputs from an earlier pass over the unmodified model (the
+/// block-influence pass); without them, one pass collects them here.
 pub fn compress_layers(
     model: &mut Llama,
     layers: &[usize],
     batches: &Batches,
     opts: &CompressOptions,
+    collected: Option<LayerInputs>,
 ) -> Result<Compression> {
     let n = model.num_layers();
     if let Some(bad) = layers.iter().find(|&&l| l >= n) {
@@ -118,24 +145,23 @@ pub fn compress_layers(
     let mut order = layers.to_vec();
     order.sort_unstable_by(|a, b| b.cmp(a));
     order.dedup();
-    let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
-    let disk = opts.input_cache.disk_dir.as_deref().filter(|dir| {
-        runtime::free_disk_bytes(dir).is_some_and(|free| free >= total as u64 + DISK_MARGIN)
-    });
     let (layer_inputs, mut cache) = if opts.method != Method::Grasp {
         ("none", None)
-    } else if total <= opts.input_cache.memory_budget {
-        (
-            "memory",
-            Some(LayerInputs::collect(model, batches, &order, None)?),
-        )
-    } else if let Some(dir) = disk {
-        (
-            "disk",
-            Some(LayerInputs::collect(model, batches, &order, Some(dir))?),
-        )
+    } else if let Some(collected) = collected {
+        (collected.placement(), Some(collected))
     } else {
-        ("recomputed", None)
+        let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
+        match opts.input_cache.place(total) {
+            Placement::Memory => (
+                "memory",
+                Some(LayerInputs::collect(model, batches, &order, None)?),
+            ),
+            Placement::Disk(dir) => (
+                "disk",
+                Some(LayerInputs::collect(model, batches, &order, Some(dir))?),
+            ),
+            Placement::Recompute => ("recomputed", None),
+        }
     };
     let mut out = Compression {
         layer_inputs,

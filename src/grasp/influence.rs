@@ -11,6 +11,7 @@ use candle_core::{DType, Tensor, D};
 use indicatif::ProgressBar;
 use serde::Serialize;
 
+use super::attribution::InputCollector;
 use crate::data::calibration::Calibration;
 use crate::model::Llama;
 
@@ -33,6 +34,8 @@ fn cosine(a: &Tensor, b: &Tensor) -> candle_core::Result<Tensor> {
 }
 
 /// Scores every layer (or every block of `span` layers when `angular`) on the calibration set.
+/// The pass computes every layer's input; `inputs` keeps those it collects for the gradient
+/// passes, which then need no forward pass of their own up to their layer.
 pub fn block_influence(
     model: &Llama,
     calib: &Calibration,
@@ -40,6 +43,7 @@ pub fn block_influence(
     angular: bool,
     span: usize,
     progress: &ProgressBar,
+    mut inputs: Option<&mut InputCollector>,
 ) -> Result<BlockInfluence> {
     let n_layers = model.num_layers();
     if span == 0 || span > n_layers {
@@ -52,14 +56,20 @@ pub fn block_influence(
     };
     let mut sums = vec![0f64; n_scores];
     let mut windows = 0usize;
-    for batch in calib.batches(batch_size) {
+    for (n, batch) in calib.batches(batch_size).enumerate() {
         let ids = Calibration::batch_tensor(batch, model.device())?;
         let (b, t) = ids.dims2()?;
         let embedded = model.embed(&ids)?;
+        if let Some(c) = inputs.as_deref_mut() {
+            c.keep(0, n, &embedded)?;
+        }
         // Angular mode needs h_i and h_{i+span}: only the last token of each is kept.
         let mut last_tokens = vec![embedded.narrow(1, t - 1, 1)?];
         let mut prev = embedded;
         model.run_layers(&prev.clone(), 0, n_layers, |i, out| {
+            if let Some(c) = inputs.as_deref_mut() {
+                c.keep(i + 1, n, out)?;
+            }
             let out = if i + 1 == n_layers {
                 model.final_norm(out)?
             } else {
