@@ -4,8 +4,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
+use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
+use super::weights::{checkpoint_dtype, read_weights};
 use crate::cli::common::ModelArgs;
 use crate::model::{Llama, LlamaConfig};
 use crate::runtime;
@@ -207,32 +209,19 @@ pub fn load_files(files: ModelFiles, device: &Device, dtype: Option<DType>) -> R
     let tokenizer = load_tokenizer(&files.tokenizer)?;
     let checkpoint_dtype = checkpoint_dtype(&files.weights[0])?;
     let dtype = dtype.unwrap_or_else(|| runtime::default_compute_dtype(device, checkpoint_dtype));
-    let model = Llama::load(&config, &files.weights, dtype, device)
+    let tensors = read_weights(&files.weights, dtype, device)
         .with_context(|| format!("cannot load the weights of {}", files.dir.display()))?;
+    let model = Llama::from_var_builder(&config, VarBuilder::from_tensors(tensors, dtype, device))
+        .with_context(|| {
+            format!(
+                "cannot load the weights of {}: the checkpoint does not match config.json",
+                files.dir.display()
+            )
+        })?;
     Ok(Loaded {
         model,
         tokenizer,
         files,
         checkpoint_dtype,
-    })
-}
-
-fn checkpoint_dtype(file: &Path) -> Result<DType> {
-    let tensors = unsafe { candle_core::safetensors::MmapedSafetensors::new(file) }
-        .with_context(|| format!("{} is not a safetensors file", file.display()))?;
-    let dtype = tensors
-        .tensors()
-        .into_iter()
-        .map(|(_, view)| view.dtype())
-        .find(|d| {
-            matches!(
-                d,
-                safetensors::Dtype::F32 | safetensors::Dtype::F16 | safetensors::Dtype::BF16
-            )
-        });
-    Ok(match dtype {
-        Some(safetensors::Dtype::F16) => DType::F16,
-        Some(safetensors::Dtype::BF16) => DType::BF16,
-        _ => DType::F32,
     })
 }

@@ -5,3 +5,4 @@ pub mod gguf_tokenizer;
 pub mod load;
 pub mod save;
 pub mod staging;
+pub mod weights;

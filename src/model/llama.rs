@@ -5,9 +5,7 @@
 //! layer, can start from any layer's cached input, and every op on the path from a
 //! projection to the loss carries a gradient.
 
-use std::path::PathBuf;
-
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::VarBuilder;
 
@@ -301,17 +299,6 @@ fn load_linear(
 }
 
 impl Llama {
-    /// Loads safetensors weights (memory-mapped) in `dtype` onto `device`.
-    pub fn load(
-        cfg: &LlamaConfig,
-        weights: &[PathBuf],
-        dtype: DType,
-        device: &Device,
-    ) -> anyhow::Result<Self> {
-        let vb = unsafe { VarBuilder::from_mmaped_safetensors(weights, dtype, device)? };
-        Self::from_var_builder(cfg, vb).context("checkpoint does not match config.json")
-    }
-
     pub fn from_var_builder(cfg: &LlamaConfig, vb: VarBuilder) -> anyhow::Result<Self> {
         let (h, inter) = (cfg.hidden_size, cfg.intermediate_size);
         let (q_dim, kv_dim) = (
