@@ -120,6 +120,16 @@ fn rms_norm_matches_finite_differences_and_the_composed_form() {
     });
 }
 
+/// Gate and up are the two halves of one input, so that both get their gradient checked.
+#[test]
+fn silu_mul_matches_finite_differences_and_the_composed_form() {
+    check(|dtype| Case {
+        x: (randn(&[2, 3, 5, 16], dtype) * 3.0).unwrap(),
+        fast: Box::new(|x| ops::silu_mul(&x.get(0)?, &x.get(1)?)),
+        composed: Box::new(|x| candle_nn::ops::silu(&x.get(0)?)? * x.get(1)?),
+    });
+}
+
 /// The composed, differentiable attention: keys and values repeated for every query head, the
 /// full score matrix masked above the diagonal, candle's composed softmax.
 fn composed_attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<Tensor> {

@@ -13,8 +13,8 @@ use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp3, DType, Device, Layout, Result, Shape, Storage,
-    Tensor, D,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape,
+    Storage, Tensor, D,
 };
 
 use super::logits::logit_blocks;
@@ -114,6 +114,43 @@ impl CustomOp1 for InputOnly {
 
     fn bwd(&self, input: &Tensor, output: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         Ok(self.grads(&[input], output, grad)?.pop().flatten())
+    }
+}
+
+impl CustomOp2 for InputOnly {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        self.cpu_value()
+    }
+
+    fn cuda_fwd(
+        &self,
+        _: &CudaStorage,
+        _: &Layout,
+        _: &CudaStorage,
+        _: &Layout,
+    ) -> Result<(CudaStorage, Shape)> {
+        self.cuda_value()
+    }
+
+    fn bwd(
+        &self,
+        a: &Tensor,
+        b: &Tensor,
+        output: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let mut g = self.grads(&[a, b], output, grad)?.into_iter();
+        Ok((g.next().flatten(), g.next().flatten()))
     }
 }
 
@@ -236,6 +273,33 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
         let dx = (gw.broadcast_mul(&r)? - xf.broadcast_mul(&(r.powf(3.0)? * gwx)?)?)?;
         dx.to_dtype(x.dtype())
     })
+}
+
+/// The gated activation of Llama's MLP, silu(gate)·up. As candle's ops, the graph would keep
+/// silu(gate) and the product beside gate and up: four (tokens, intermediate) tensors per
+/// layer, the largest a gradient pass holds. This op keeps gate and up alone and computes
+/// d gate = g·up·σ(1 + gate(1 − σ)) and d up = g·silu(gate) from them in the backward.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    let (gd, ud) = (gate.detach(), up.detach());
+    let value = (candle_nn::ops::silu(&gd)? * &ud)?;
+    if !gate.track_op() && !up.track_op() {
+        return Ok(value);
+    }
+    gate.apply_op2(
+        up,
+        InputOnly {
+            name: "silu-mul",
+            value: Mutex::new(Some(value)),
+            input_grads: Box::new(|x, _, g| {
+                let (gate, up) = (&x[0], &x[1]);
+                let sigmoid = candle_nn::ops::sigmoid(gate)?;
+                let d_up = (g * (gate * &sigmoid)?)?;
+                let slope = ((gate * (1.0 - &sigmoid)?)? + 1.0)?;
+                let d_gate = ((g * up)? * (sigmoid * slope)?)?;
+                Ok(vec![Some(d_gate), Some(d_up)])
+            }),
+        },
+    )
 }
 
 /// Rotary position embedding in the non-interleaved (rotate-half) layout of HF checkpoints.
