@@ -82,11 +82,13 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str)
     // on the CPU, and the unchosen layers' files are deleted once the layers are chosen.
     let all_layers: Vec<usize> = (0..model.num_layers()).collect();
     let mut collector =
-        (inputs == "bi-disk").then(|| InputCollector::new(&all_layers, Some(scratch.path())));
+        (inputs == "bi-disk").then(|| InputCollector::new(&all_layers, Some(scratch.path()), 1));
+    // The block-influence pass takes 4 windows at a time and keeps them as 1-window batches.
+    let bi_batch = if inputs == "bi-disk" { 4 } else { 1 };
     let bi = block_influence(
         &model,
         &calib,
-        1,
+        bi_batch,
         false,
         1,
         &ProgressBar::hidden(),

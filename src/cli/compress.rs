@@ -406,10 +406,16 @@ fn bi_pass_collector(
     };
     let bytes = candidates.len() * LayerInputs::bytes_per_layer(model, batches);
     match cache.place(bytes) {
-        Placement::Memory => Some(InputCollector::new(&candidates, None)),
-        Placement::Disk(dir) if model.device().is_cpu() => {
-            Some(InputCollector::new(&candidates, Some(dir)))
-        }
+        Placement::Memory => Some(InputCollector::new(
+            &candidates,
+            None,
+            args.calibration.batch_size,
+        )),
+        Placement::Disk(dir) if model.device().is_cpu() => Some(InputCollector::new(
+            &candidates,
+            Some(dir),
+            args.calibration.batch_size,
+        )),
         _ => None,
     }
 }

@@ -66,6 +66,12 @@ pub fn run(args: LayersArgs) -> Result<()> {
     Ok(())
 }
 
+/// Windows the block-influence pass takes at a time, at least: it is a forward pass without a
+/// graph, so a batch costs little memory, and on 2 CPU cores 4 windows of 512 tokens go 25%
+/// faster than 1 (larger GEMMs, fewer synchronisations). A whole number of `batch_size`
+/// batches, so that the layer inputs it keeps split into the gradient passes' batches.
+const BI_MIN_WINDOWS: usize = 4;
+
 /// Block Influence with a progress bar; in angular mode over blocks of `num_prune_layers`.
 pub fn score_layers(
     model: &Llama,
@@ -77,7 +83,8 @@ pub fn score_layers(
 ) -> Result<BlockInfluence> {
     let span = if angular { num_prune_layers } else { 1 };
     let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let bi = block_influence(model, calib, batch_size, angular, span, &bar, inputs)?;
+    let batch = batch_size * BI_MIN_WINDOWS.div_ceil(batch_size.max(1));
+    let bi = block_influence(model, calib, batch, angular, span, &bar, inputs)?;
     bar.finish_and_clear();
     Ok(bi)
 }

@@ -74,31 +74,46 @@ const INPUT: &str = "input";
 pub struct InputCollector {
     layers: Vec<usize>,
     disk: Option<PathBuf>,
+    /// Windows per gradient-pass batch: inputs are kept in batches of this many windows,
+    /// whatever the batches of the pass that computes them.
+    batch_size: usize,
     kept: BTreeMap<usize, Vec<Tensor>>,
     files: BTreeMap<usize, Vec<PathBuf>>,
 }
 
 impl InputCollector {
-    pub fn new(layers: &[usize], disk: Option<&Path>) -> Self {
+    pub fn new(layers: &[usize], disk: Option<&Path>, batch_size: usize) -> Self {
         Self {
             layers: layers.to_vec(),
             disk: disk.map(Path::to_path_buf),
+            batch_size: batch_size.max(1),
             kept: BTreeMap::new(),
             files: BTreeMap::new(),
         }
     }
 
-    /// Keeps `input` as layer `layer`'s input for batch `batch` if that layer is collected.
-    pub fn keep(&mut self, layer: usize, batch: usize, input: &Tensor) -> candle_core::Result<()> {
+    /// Keeps `input`, layer `layer`'s input for windows `first_window..` (a whole number of
+    /// gradient-pass batches, or the last ones), if that layer is collected.
+    pub fn keep(
+        &mut self,
+        layer: usize,
+        first_window: usize,
+        input: &Tensor,
+    ) -> candle_core::Result<()> {
         if !self.layers.contains(&layer) {
             return Ok(());
         }
-        match &self.disk {
-            None => self.kept.entry(layer).or_default().push(input.clone()),
-            Some(dir) => {
-                let file = dir.join(format!("layer{layer}-batch{batch}.safetensors"));
-                input.save_safetensors(INPUT, &file)?;
-                self.files.entry(layer).or_default().push(file);
+        let windows = input.dim(0)?;
+        for start in (0..windows).step_by(self.batch_size) {
+            let part = input.narrow(0, start, self.batch_size.min(windows - start))?;
+            let batch = (first_window + start) / self.batch_size;
+            match &self.disk {
+                None => self.kept.entry(layer).or_default().push(part),
+                Some(dir) => {
+                    let file = dir.join(format!("layer{layer}-batch{batch}.safetensors"));
+                    part.save_safetensors(INPUT, &file)?;
+                    self.files.entry(layer).or_default().push(file);
+                }
             }
         }
         Ok(())
@@ -132,14 +147,17 @@ impl LayerInputs {
         layers: &[usize],
         disk: Option<&Path>,
     ) -> Result<Self> {
-        let mut collector = InputCollector::new(layers, disk);
+        let batch_size = batches.ids.first().map_or(1, |t| t.dims()[0]);
+        let mut collector = InputCollector::new(layers, disk, batch_size);
         if let Some(&top) = layers.iter().max() {
-            for (batch, ids) in batches.ids.iter().enumerate() {
+            let mut first = 0;
+            for ids in &batches.ids {
                 let embedded = model.embed(ids)?;
-                collector.keep(0, batch, &embedded)?;
+                collector.keep(0, first, &embedded)?;
                 model.run_layers(&embedded, 0, top, |i, out| {
-                    collector.keep(i + 1, batch, out)
+                    collector.keep(i + 1, first, out)
                 })?;
+                first += ids.dims()[0];
             }
         }
         Ok(collector.finish(model.device()))

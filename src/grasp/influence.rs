@@ -56,19 +56,20 @@ pub fn block_influence(
     };
     let mut sums = vec![0f64; n_scores];
     let mut windows = 0usize;
-    for (n, batch) in calib.batches(batch_size).enumerate() {
+    for batch in calib.batches(batch_size) {
         let ids = Calibration::batch_tensor(batch, model.device())?;
         let (b, t) = ids.dims2()?;
+        let first = windows;
         let embedded = model.embed(&ids)?;
         if let Some(c) = inputs.as_deref_mut() {
-            c.keep(0, n, &embedded)?;
+            c.keep(0, first, &embedded)?;
         }
         // Angular mode needs h_i and h_{i+span}: only the last token of each is kept.
         let mut last_tokens = vec![embedded.narrow(1, t - 1, 1)?];
         let mut prev = embedded;
         model.run_layers(&prev.clone(), 0, n_layers, |i, out| {
             if let Some(c) = inputs.as_deref_mut() {
-                c.keep(i + 1, n, out)?;
+                c.keep(i + 1, first, out)?;
             }
             let out = if i + 1 == n_layers {
                 model.final_norm(out)?
