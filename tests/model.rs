@@ -289,3 +289,41 @@ fn packed_rows_give_each_sequence_its_own_log_probs() {
         .unwrap();
     assert_close(&causal_alone, &plain_want, "a row without branches");
 }
+
+/// Two shards, one bf16 and one f32, read into f32 on the CPU: every tensor with its name,
+/// shape and values (bf16 values are exact in f32); a truncated file is an error that names it.
+#[test]
+fn weights_are_read_from_every_shard_in_the_asked_dtype() {
+    use std::collections::HashMap;
+    let dir = TempDir::new("weights-reader");
+    let a = Tensor::new(&[[1.5f32, -2.0, 0.25], [3.0, 4.0, -0.5]], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[7.0f32, 8.0], &Device::Cpu).unwrap();
+    let shard1 = dir.join("model-00001-of-00002.safetensors");
+    let shard2 = dir.join("model-00002-of-00002.safetensors");
+    candle_core::safetensors::save(
+        &HashMap::from([("a".to_string(), a.to_dtype(DType::BF16).unwrap())]),
+        &shard1,
+    )
+    .unwrap();
+    candle_core::safetensors::save(&HashMap::from([("b".to_string(), b.clone())]), &shard2)
+        .unwrap();
+    let read =
+        grasp::io::weights::read_weights(&[shard1.clone(), shard2], DType::F32, &Device::Cpu)
+            .unwrap();
+    assert_eq!(read.len(), 2);
+    for (name, want) in [("a", &a), ("b", &b)] {
+        let got = &read[name];
+        assert_eq!((got.dtype(), got.dims()), (DType::F32, want.dims()));
+        assert_eq!(max_abs_diff(got, want), 0.0, "{name}");
+    }
+    assert_eq!(
+        grasp::io::weights::checkpoint_dtype(&shard1).unwrap(),
+        DType::BF16
+    );
+
+    let bytes = std::fs::read(&shard1).unwrap();
+    let cut = dir.join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() - 2]).unwrap();
+    let err = grasp::io::weights::read_weights(&[cut], DType::F32, &Device::Cpu).unwrap_err();
+    assert!(format!("{err:#}").contains("cut.safetensors"), "{err:#}");
+}
