@@ -12,6 +12,8 @@ use std::sync::{Mutex, PoisonError};
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
 
+use super::kernels::exp_nonpositive;
+
 /// Rows of logits computed at a time: 256 × a 49k vocabulary is 48 MB, large enough for an
 /// efficient head GEMM.
 pub const LOGIT_ROWS: usize = 256;
@@ -184,57 +186,4 @@ fn row_cross_entropy(row: &mut [f32], target: usize, weight: Option<f32>) -> f32
         row[target] -= weight;
     }
     sum.ln() + max - picked
-}
-
-/// e^x for x ≤ 0 within about 2 ulp, branch-free so that it vectorises (libm's `expf` is one
-/// call per element). Below −87.3 the result would be subnormal and is flushed to 0: beside
-/// the row maximum's e^0 = 1 it changes nothing a float can hold. NaN stays NaN.
-#[inline(always)]
-fn exp_nonpositive(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n·LN2_HI is exact for the n that occur (|n| ≤ 126).
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let t = x * LOG2_E + ROUND;
-    let n = t - ROUND;
-    let r = (x - n * LN2_HI) - n * LN2_LO;
-    // Cephes' minimax polynomial for e^r on |r| ≤ ln2/2.
-    let p = 1.987_569_1e-4_f32;
-    let p = p * r + 1.398_199_9e-3;
-    let p = p * r + 8.333_452e-3;
-    let p = p * r + 4.166_579_6e-2;
-    let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 0.5;
-    let e = (p * r) * r + r + 1.0;
-    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
-    let scale = f32::from_bits(((n_bits + 127).max(0) as u32) << 23);
-    if x < -87.3 {
-        0.0
-    } else {
-        e * scale
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::exp_nonpositive;
-
-    #[test]
-    fn exp_is_within_two_ulp_of_libm_down_to_the_flush() {
-        let mut x = 0.0f32;
-        while x > -87.3 {
-            let (fast, libm) = (exp_nonpositive(x), x.exp());
-            let ulp = f32::from_bits(libm.to_bits() + 1) - libm;
-            assert!(
-                (fast - libm).abs() <= 2.0 * ulp,
-                "exp({x}) = {fast}, libm {libm}"
-            );
-            x -= 0.000_731;
-        }
-        assert_eq!(exp_nonpositive(-88.0), 0.0);
-        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
-        assert!(exp_nonpositive(f32::NAN).is_nan());
-    }
 }

@@ -2,6 +2,7 @@
 //! values to the loss carries a backward pass.
 
 pub mod config;
+pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod logits;

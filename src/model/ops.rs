@@ -17,6 +17,7 @@ use candle_core::{
     Storage, Tensor, D,
 };
 
+use super::kernels;
 use super::logits::logit_blocks;
 
 /// Half-precision tensors are upcast to f32 for reductions, logits and losses; f32 and f64
@@ -281,7 +282,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// d gate = g·up·σ(1 + gate(1 − σ)) and d up = g·silu(gate) from them in the backward.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     let (gd, ud) = (gate.detach(), up.detach());
-    let value = (candle_nn::ops::silu(&gd)? * &ud)?;
+    let value = match kernels::silu_mul(&gd, &ud)? {
+        Some(value) => value,
+        None => (candle_nn::ops::silu(&gd)? * &ud)?,
+    };
     if !gate.track_op() && !up.track_op() {
         return Ok(value);
     }
@@ -292,6 +296,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
             value: Mutex::new(Some(value)),
             input_grads: Box::new(|x, _, g| {
                 let (gate, up) = (&x[0], &x[1]);
+                if let Some((d_gate, d_up)) = kernels::silu_mul_backward(g, gate, up)? {
+                    return Ok(vec![Some(d_gate), Some(d_up)]);
+                }
                 let sigmoid = candle_nn::ops::sigmoid(gate)?;
                 let d_up = (g * (gate * &sigmoid)?)?;
                 let slope = ((gate * (1.0 - &sigmoid)?)? + 1.0)?;

@@ -1,0 +1,177 @@
+//! Element-wise CPU kernels for f32, where candle's ops would take one pass, one fresh buffer
+//! and often one scalar libm call per element and per op.
+
+use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+
+/// e^x for x ≤ 0 within about 2 ulp, branch-free so that it vectorises (libm's `expf` is one
+/// call per element). Below −87.3 the result would be subnormal and is flushed to 0: beside
+/// the row maximum's e^0 = 1 it changes nothing a float can hold. NaN stays NaN.
+#[inline(always)]
+pub fn exp_nonpositive(x: f32) -> f32 {
+    const LOG2_E: f32 = std::f32::consts::LOG2_E;
+    // ln 2 split so that n·LN2_HI is exact for the n that occur (|n| ≤ 126).
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    // Adding 1.5·2²³ rounds to an integer, which then sits in the low mantissa bits.
+    const ROUND: f32 = 12_582_912.0;
+    let t = x * LOG2_E + ROUND;
+    let n = t - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // Cephes' minimax polynomial for e^r on |r| ≤ ln2/2.
+    let p = 1.987_569_1e-4_f32;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 0.5;
+    let e = (p * r) * r + r + 1.0;
+    let n_bits = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let scale = f32::from_bits(((n_bits + 127).max(0) as u32) << 23);
+    if x < -87.3 {
+        0.0
+    } else {
+        e * scale
+    }
+}
+
+/// σ(x) from e^−|x| ≤ 1, so that no exponent overflows.
+#[inline(always)]
+fn sigmoid(x: f32) -> f32 {
+    let e = exp_nonpositive(-x.abs());
+    let s = 1.0 / (1.0 + e);
+    if x >= 0.0 {
+        s
+    } else {
+        e * s
+    }
+}
+
+/// The contiguous f32 elements of a CPU tensor, or None.
+fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
+    if t.dtype() != DType::F32 || !t.is_contiguous() {
+        return None;
+    }
+    let (storage, layout) = t.storage_and_layout();
+    match &*storage {
+        Storage::Cpu(CpuStorage::F32(v)) => {
+            let start = layout.start_offset();
+            Some(f(&v[start..start + layout.shape().elem_count()]))
+        }
+        _ => None,
+    }
+}
+
+/// Elements per work unit of the pool: large enough to amortise a grab, small enough to
+/// balance two cores.
+const CHUNK: usize = 16 * 1024;
+
+/// N fresh n-element outputs, filled by `body(range, outputs' slices of that range)` over
+/// candle's thread pool.
+fn par_fill<const N: usize>(
+    n: usize,
+    body: impl Fn(std::ops::Range<usize>, [&mut [f32]; N]) + Sync,
+) -> [Vec<f32>; N] {
+    let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| vec![0f32; n]);
+    let ptrs: [usize; N] = std::array::from_fn(|i| outs[i].as_mut_ptr() as usize);
+    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |units| {
+        let (lo, hi) = (units.start * CHUNK, (units.end * CHUNK).min(n));
+        // SAFETY: the pool hands each unit to exactly one chunk, so the ranges written are
+        // disjoint, and the buffers outlive the call.
+        let slices = ptrs
+            .map(|p| unsafe { std::slice::from_raw_parts_mut((p as *mut f32).add(lo), hi - lo) });
+        body(lo..hi, slices);
+    });
+    outs
+}
+
+/// silu(gate)·up in one pass; None unless both are contiguous f32 on the CPU, of one shape.
+pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
+    if gate.shape() != up.shape() {
+        return Ok(None);
+    }
+    let out = with_f32(gate, |x| {
+        with_f32(up, |u| {
+            let [y] = par_fill(x.len(), |r, [y]| {
+                for ((y, &x), &u) in y.iter_mut().zip(&x[r.clone()]).zip(&u[r]) {
+                    *y = x * sigmoid(x) * u;
+                }
+            });
+            y
+        })
+    })
+    .flatten();
+    out.map(|y| Tensor::from_vec(y, gate.shape().clone(), gate.device()))
+        .transpose()
+}
+
+/// The backward of silu(gate)·up for output gradient `g`, in one pass: (d gate, d up) with
+/// d gate = g·up·σ(1 + gate(1 − σ)) and d up = g·gate·σ. None unless all three are contiguous
+/// f32 on the CPU, of one shape.
+pub fn silu_mul_backward(
+    g: &Tensor,
+    gate: &Tensor,
+    up: &Tensor,
+) -> Result<Option<(Tensor, Tensor)>> {
+    if gate.shape() != up.shape() || g.shape() != gate.shape() {
+        return Ok(None);
+    }
+    let grads = with_f32(g, |g| {
+        with_f32(gate, |x| {
+            with_f32(up, |u| {
+                par_fill(g.len(), |r, [dg, du]| {
+                    let (g, x, u) = (&g[r.clone()], &x[r.clone()], &u[r]);
+                    for i in 0..g.len() {
+                        let s = sigmoid(x[i]);
+                        du[i] = g[i] * x[i] * s;
+                        dg[i] = g[i] * u[i] * s * (1.0 + x[i] * (1.0 - s));
+                    }
+                })
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    let Some([d_gate, d_up]) = grads else {
+        return Ok(None);
+    };
+    let (shape, device) = (gate.shape(), gate.device());
+    Ok(Some((
+        Tensor::from_vec(d_gate, shape.clone(), device)?,
+        Tensor::from_vec(d_up, shape.clone(), device)?,
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{exp_nonpositive, sigmoid};
+
+    #[test]
+    fn exp_is_within_two_ulp_of_libm_down_to_the_flush() {
+        let mut x = 0.0f32;
+        while x > -87.3 {
+            let (fast, libm) = (exp_nonpositive(x), x.exp());
+            let ulp = f32::from_bits(libm.to_bits() + 1) - libm;
+            assert!(
+                (fast - libm).abs() <= 2.0 * ulp,
+                "exp({x}) = {fast}, libm {libm}"
+            );
+            x -= 0.000_731;
+        }
+        assert_eq!(exp_nonpositive(-88.0), 0.0);
+        assert_eq!(exp_nonpositive(f32::NEG_INFINITY), 0.0);
+        assert!(exp_nonpositive(f32::NAN).is_nan());
+    }
+
+    #[test]
+    fn sigmoid_is_accurate_on_both_sides() {
+        for i in -1600..=1600 {
+            let x = i as f32 * 0.05;
+            let want = 1.0 / (1.0 + (-(x as f64)).exp());
+            let got = sigmoid(x) as f64;
+            assert!(
+                (got - want).abs() <= 4e-7 * want,
+                "σ({x}) = {got}, want {want}"
+            );
+        }
+    }
+}
