@@ -13,7 +13,7 @@ use grasp::model::llama::Projection;
 
 fn main() -> anyhow::Result<()> {
     // As the grasp binary does, so that the figures are the command line's.
-    grasp::runtime::tune_allocator();
+    grasp::runtime::tune_process();
     let dir = std::env::var_os("GRASP_SMOLLM2_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/smollm2-135m"));

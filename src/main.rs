@@ -1,5 +1,5 @@
 fn main() {
-    grasp::runtime::tune_allocator();
+    grasp::runtime::tune_process();
     if let Err(err) = grasp::cli::main() {
         eprintln!("error: {err:#}");
         std::process::exit(1);

@@ -53,7 +53,7 @@ pub fn default_compute_dtype(device: &Device, checkpoint: DType) -> DType {
     }
 }
 
-/// Threads used by candle's CPU kernels and by faer/rayon.
+/// Threads of candle's matmuls, of grasp's element-wise kernels and of faer: rayon's pool.
 pub fn num_threads() -> usize {
     candle_core::utils::get_num_threads()
 }
@@ -85,11 +85,26 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
     bar
 }
 
-/// Keeps glibc from handing the large activation buffers of each pass back to the OS and
-/// faulting them in again on the next one (millions of page faults per gradient pass): with
-/// these settings a SmolLM2 forward pass is about 30% faster. mimalloc was tried and was
+/// Process settings that must precede the first candle op and the first thread; called first
+/// thing by the binary and the benchmark.
+///
+/// Threads: candle runs its matmuls on rayon's global pool and its element-wise ops on a
+/// second pool of its own, whose workers spin for a while after every op before they sleep.
+/// In a gradient pass a GEMM follows nearly every element-wise op, so those spinning workers
+/// take cores from the GEMM's threads: on 2 cores, 9% of a pass's CPU time went to spinning.
+/// Unless CANDLE_NUM_THREADS says otherwise, that second pool gets no workers (candle's
+/// element-wise ops run on the calling thread) and grasp's own element-wise kernels run on
+/// rayon's pool beside the GEMMs: forward+backward from SmolLM2's layer 12 went from 204-225
+/// to 229-250 tokens/s.
+///
+/// Memory: keeps glibc from handing the large activation buffers of each pass back to the OS
+/// and faulting them in again on the next one (millions of page faults per gradient pass):
+/// with these settings a SmolLM2 forward pass is about 30% faster. mimalloc was tried and was
 /// slower on the backward pass.
-pub fn tune_allocator() {
+pub fn tune_process() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator parameters; it is called before any thread starts.
     unsafe {

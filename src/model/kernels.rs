@@ -61,22 +61,23 @@ fn with_f32<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Option<R> {
     }
 }
 
-/// Elements per work unit of the pool: large enough to amortise a grab, small enough to
-/// balance two cores.
+/// Elements per work unit: large enough to amortise a steal, small enough to balance the
+/// cores.
 const CHUNK: usize = 16 * 1024;
 
-/// N fresh n-element outputs, filled by `body(range, outputs' slices of that range)` over
-/// candle's thread pool.
+/// N fresh n-element outputs, filled by `body(range, outputs' slices of that range)` on
+/// rayon's pool, the one candle's matmuls run on (see [`crate::runtime::tune_process`]).
 fn par_fill<const N: usize>(
     n: usize,
     body: impl Fn(std::ops::Range<usize>, [&mut [f32]; N]) + Sync,
 ) -> [Vec<f32>; N] {
+    use rayon::prelude::*;
     let mut outs: [Vec<f32>; N] = std::array::from_fn(|_| vec![0f32; n]);
     let ptrs: [usize; N] = std::array::from_fn(|i| outs[i].as_mut_ptr() as usize);
-    candle_core::utils::barrier_pool().execute_chunked(n.div_ceil(CHUNK), |units| {
-        let (lo, hi) = (units.start * CHUNK, (units.end * CHUNK).min(n));
-        // SAFETY: the pool hands each unit to exactly one chunk, so the ranges written are
-        // disjoint, and the buffers outlive the call.
+    (0..n.div_ceil(CHUNK)).into_par_iter().for_each(|unit| {
+        let (lo, hi) = (unit * CHUNK, ((unit + 1) * CHUNK).min(n));
+        // SAFETY: each unit is handed to exactly one call, so the ranges written are
+        // disjoint, and the buffers outlive the parallel loop.
         let slices = ptrs
             .map(|p| unsafe { std::slice::from_raw_parts_mut((p as *mut f32).add(lo), hi - lo) });
         body(lo..hi, slices);

@@ -11,6 +11,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
+use rayon::prelude::*;
 
 use super::kernels::exp_nonpositive;
 
@@ -124,25 +125,13 @@ impl InplaceOp1 for RowCrossEntropy {
             candle_core::bail!("target {bad} is outside the vocabulary of {vocab}");
         }
         let mut nll = vec![0f32; rows];
-        let (data_ptr, nll_ptr) = (data.as_mut_ptr() as usize, nll.as_mut_ptr() as usize);
-        candle_core::utils::barrier_pool().execute_chunked(rows, |range| {
-            for r in range {
-                // SAFETY: the pool hands each row index to exactly one chunk, so the row
-                // slices and nll entries written are disjoint, and both buffers outlive
-                // the call.
-                let (row, out) = unsafe {
-                    (
-                        std::slice::from_raw_parts_mut(
-                            (data_ptr as *mut f32).add(r * vocab),
-                            vocab,
-                        ),
-                        &mut *(nll_ptr as *mut f32).add(r),
-                    )
-                };
+        data.par_chunks_mut(vocab)
+            .zip(nll.par_iter_mut())
+            .enumerate()
+            .for_each(|(r, (row, out))| {
                 let weight = self.weights.as_ref().map(|w| w[r]);
                 *out = row_cross_entropy(row, self.targets[r] as usize, weight);
-            }
-        });
+            });
         *self.nll.lock().unwrap_or_else(PoisonError::into_inner) = nll;
         Ok(())
     }
