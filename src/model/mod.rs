@@ -7,6 +7,7 @@ pub mod linear;
 pub mod llama;
 pub mod logits;
 pub mod ops;
+pub mod softmax;
 
 pub use config::LlamaConfig;
 pub use linear::Linear;

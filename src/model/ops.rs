@@ -13,12 +13,13 @@ use std::sync::{Mutex, PoisonError};
 
 use candle_core::backend::{BackendDevice, BackendStorage};
 use candle_core::{
-    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Result, Shape,
+    CpuStorage, CudaStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape,
     Storage, Tensor, D,
 };
 
 use super::kernels;
 use super::logits::logit_blocks;
+use super::softmax::CausalBlock;
 
 /// Half-precision tensors are upcast to f32 for reductions, logits and losses; f32 and f64
 /// stay as they are.
@@ -327,24 +328,6 @@ pub fn rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
 /// full score matrix, and one block's scores stay small enough for the cache-sized GEMMs.
 pub const ATTENTION_BLOCK: usize = 128;
 
-/// The causal mask of query rows `start..start + rows` against keys `0..start + rows`: 0 where
-/// the key is visible, −inf past the query's own position.
-fn causal_mask(start: usize, rows: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let cols = start + rows;
-    let mask: Vec<f32> = (0..rows)
-        .flat_map(|i| {
-            (0..cols).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Tensor::from_vec(mask, (rows, cols), device)?.to_dtype(dtype)
-}
-
 /// Causal scaled dot-product attention with grouped key/value heads: q (batch, heads, seq, d),
 /// k and v (batch, kv_heads, seq, d) → (batch, heads, seq, d), softmax in at least f32 (as
 /// transformers does).
@@ -365,7 +348,6 @@ pub fn causal_attention(
     let (b, heads, t, d) = q.dims4()?;
     let kv_heads = k.dim(1)?;
     let groups = heads / kv_heads;
-    let (dtype, device) = (q.dtype(), q.device().clone());
     // Rows of query block `start..start + rows`, grouped under their key/value head.
     let rows_of = move |x: &Tensor, start: usize, rows: usize| -> Result<Tensor> {
         x.reshape((b, kv_heads, groups, t, d))?
@@ -374,18 +356,18 @@ pub fn causal_attention(
             .reshape((b, kv_heads, groups * rows, d))
     };
     // softmax(q·kᵀ·scale + mask) of one block, (b, kv_heads, groups·rows, start + rows).
-    let probs = move |q: &Tensor, k: &Tensor, start: usize, rows: usize| -> Result<Tensor> {
-        let end = start + rows;
-        let scores = (rows_of(q, start, rows)?.matmul(&k.narrow(2, 0, end)?.t()?)? * scale)?
-            .reshape((b, kv_heads, groups, rows, end))?
-            .broadcast_add(&causal_mask(start, rows, dtype, &device)?)?;
-        candle_nn::ops::softmax_last_dim(&at_least_f32(&scores)?)?
-            .to_dtype(dtype)?
-            .reshape((b, kv_heads, groups * rows, end))
+    let probs = move |q: &Tensor, k: &Tensor, block: &CausalBlock| -> Result<Tensor> {
+        let end = block.start + block.rows;
+        let scores = rows_of(q, block.start, block.rows)?.matmul(&k.narrow(2, 0, end)?.t()?)?;
+        block.softmax(scores)
     };
-    let blocks: Vec<(usize, usize)> = (0..t)
+    let blocks: Vec<CausalBlock> = (0..t)
         .step_by(block.max(1))
-        .map(|start| (start, block.max(1).min(t - start)))
+        .map(|start| CausalBlock {
+            start,
+            rows: block.max(1).min(t - start),
+            scale,
+        })
         .collect();
     let (qd, kd, vd) = (
         q.detach().contiguous()?,
@@ -394,10 +376,10 @@ pub fn causal_attention(
     );
     let outputs = blocks
         .iter()
-        .map(|&(start, rows)| {
-            probs(&qd, &kd, start, rows)?
-                .matmul(&vd.narrow(2, 0, start + rows)?)?
-                .reshape((b, kv_heads, groups, rows, d))
+        .map(|block| {
+            probs(&qd, &kd, block)?
+                .matmul(&vd.narrow(2, 0, block.start + block.rows)?)?
+                .reshape((b, kv_heads, groups, block.rows, d))
         })
         .collect::<Result<Vec<_>>>()?;
     let value = Tensor::cat(&outputs, 3)?.reshape((b, heads, t, d))?;
@@ -409,14 +391,12 @@ pub fn causal_attention(
         let g = g.contiguous()?;
         let (mut dk, mut dv) = (k.zeros_like()?, v.zeros_like()?);
         let mut dq = Vec::with_capacity(blocks.len());
-        for &(start, rows) in &blocks {
+        for block in &blocks {
+            let (start, rows) = (block.start, block.rows);
             let end = start + rows;
-            let p = probs(&q, &k, start, rows)?;
+            let p = probs(&q, &k, block)?;
             let (gb, qb) = (rows_of(&g, start, rows)?, rows_of(&q, start, rows)?);
-            let dp = at_least_f32(&gb.matmul(&v.narrow(2, 0, end)?.t()?)?)?;
-            let pf = at_least_f32(&p)?;
-            let ds = ((&pf * dp.broadcast_sub(&(&dp * &pf)?.sum_keepdim(D::Minus1)?)?)? * scale)?
-                .to_dtype(dtype)?;
+            let ds = block.softmax_backward(&p, gb.matmul(&v.narrow(2, 0, end)?.t()?)?)?;
             dq.push(
                 ds.matmul(&k.narrow(2, 0, end)?)?
                     .reshape((b, kv_heads, groups, rows, d))?,

@@ -1,0 +1,172 @@
+//! The causal softmax of a block of attention scores and its backward.
+//!
+//! On the CPU in f32 each is one parallel pass per row, in place over the GEMM's own output.
+//! candle's ops would take five serial passes for the forward (scale, mask, then the softmax's
+//! own) and five more for the backward, each with a fresh buffer the size of the scores: a
+//! sixth of a gradient pass at 512 tokens. Other devices and dtypes take those ops.
+
+use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, D};
+use rayon::prelude::*;
+
+use super::kernels::exp_nonpositive;
+use super::ops::at_least_f32;
+
+/// A block of query rows `start..start + rows` of causal attention: in scores (…, rows,
+/// start + rows), row i of the flattened leading dimensions is the query at position
+/// start + i % rows, which sees keys 0..=its position.
+#[derive(Clone, Copy, Debug)]
+pub struct CausalBlock {
+    pub start: usize,
+    pub rows: usize,
+    pub scale: f64,
+}
+
+impl CausalBlock {
+    fn cols(&self) -> usize {
+        self.start + self.rows
+    }
+
+    /// Keys the query of flattened row `row` sees.
+    fn visible(&self, row: usize) -> usize {
+        self.start + row % self.rows + 1
+    }
+
+    /// softmax(scale·scores) over the visible keys, 0 for the others, in the scores' dtype
+    /// (computed in at least f32, as transformers does).
+    pub fn softmax(&self, scores: Tensor) -> Result<Tensor> {
+        if is_cpu_f32(&scores) {
+            let scores = scores.contiguous()?;
+            scores.inplace_op1(&Forward(*self))?;
+            return Ok(scores);
+        }
+        let (shape, cols) = (scores.shape().clone(), self.cols());
+        let mask = self.mask(scores.dtype(), scores.device())?;
+        let masked = (scores.reshape(((), self.rows, cols))? * self.scale)?.broadcast_add(&mask)?;
+        candle_nn::ops::softmax_last_dim(&at_least_f32(&masked)?)?
+            .to_dtype(scores.dtype())?
+            .reshape(shape)
+    }
+
+    /// dL/dscores from p = [`Self::softmax`] and dp = dL/dp: scale·p·(dp − Σ dp·p) per row.
+    pub fn softmax_backward(&self, p: &Tensor, dp: Tensor) -> Result<Tensor> {
+        if is_cpu_f32(p) && is_cpu_f32(&dp) {
+            let (p, dp) = (p.contiguous()?, dp.contiguous()?);
+            dp.inplace_op2(&p, &Backward(*self))?;
+            return Ok(dp);
+        }
+        let (pf, dpf) = (at_least_f32(p)?, at_least_f32(&dp)?);
+        let dot = (&dpf * &pf)?.sum_keepdim(D::Minus1)?;
+        ((pf * dpf.broadcast_sub(&dot)?)? * self.scale)?.to_dtype(dp.dtype())
+    }
+
+    /// 0 where the key is visible, −inf past the query's own position: (rows, cols).
+    fn mask(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        let cols = self.cols();
+        let mask: Vec<f32> = (0..self.rows)
+            .flat_map(|i| {
+                (0..cols).map(move |j| {
+                    if j < self.visible(i) {
+                        0.0
+                    } else {
+                        f32::NEG_INFINITY
+                    }
+                })
+            })
+            .collect();
+        Tensor::from_vec(mask, (self.rows, cols), device)?.to_dtype(dtype)
+    }
+}
+
+fn is_cpu_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+/// The f32 elements `layout` views, which must be contiguous, with `cols` to a row.
+fn rows_of<'a>(storage: &'a mut CpuStorage, layout: &Layout, cols: usize) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = storage else {
+        candle_core::bail!("causal softmax: the scores are not f32");
+    };
+    if !layout.is_contiguous() || layout.dims().last() != Some(&cols) {
+        candle_core::bail!(
+            "causal softmax: scores of shape {:?}, not contiguous rows of {cols}",
+            layout.dims()
+        );
+    }
+    let start = layout.start_offset();
+    Ok(&mut data[start..start + layout.shape().elem_count()])
+}
+
+struct Forward(CausalBlock);
+
+impl InplaceOp1 for Forward {
+    fn name(&self) -> &'static str {
+        "causal-softmax"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let block = self.0;
+        let scale = block.scale as f32;
+        rows_of(storage, layout, block.cols())?
+            .par_chunks_mut(block.cols())
+            .enumerate()
+            .for_each(|(i, row)| {
+                let (seen, unseen) = row.split_at_mut(block.visible(i));
+                let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
+                let mut sum = 0f32;
+                for x in seen.iter_mut() {
+                    *x = exp_nonpositive(*x * scale - max);
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                seen.iter_mut().for_each(|x| *x *= inv);
+                unseen.fill(0.0);
+            });
+        Ok(())
+    }
+}
+
+struct Backward(CausalBlock);
+
+impl InplaceOp2 for Backward {
+    fn name(&self) -> &'static str {
+        "causal-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        dp: &mut CpuStorage,
+        dp_layout: &Layout,
+        p: &CpuStorage,
+        p_layout: &Layout,
+    ) -> Result<()> {
+        let block = self.0;
+        let cols = block.cols();
+        let CpuStorage::F32(p) = p else {
+            candle_core::bail!("causal softmax backward: the probabilities are not f32");
+        };
+        let p =
+            &p[p_layout.start_offset()..p_layout.start_offset() + p_layout.shape().elem_count()];
+        let dp = rows_of(dp, dp_layout, cols)?;
+        if p.len() != dp.len() {
+            candle_core::bail!(
+                "causal softmax backward: {} probabilities for {} gradients",
+                p.len(),
+                dp.len()
+            );
+        }
+        let scale = block.scale as f32;
+        dp.par_chunks_mut(cols)
+            .zip(p.par_chunks(cols))
+            .enumerate()
+            .for_each(|(i, (dp, p))| {
+                let n = block.visible(i);
+                let (dp_seen, dp_unseen) = dp.split_at_mut(n);
+                let dot: f32 = dp_seen.iter().zip(&p[..n]).map(|(d, p)| d * p).sum();
+                for (d, &p) in dp_seen.iter_mut().zip(&p[..n]) {
+                    *d = p * (*d - dot) * scale;
+                }
+                dp_unseen.fill(0.0);
+            });
+        Ok(())
+    }
+}
