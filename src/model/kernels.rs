@@ -1,5 +1,5 @@
-//! Element-wise CPU kernels for f32, where candle's ops would take one pass, one fresh buffer
-//! and often one scalar libm call per element and per op.
+//! Element-wise and row-wise CPU kernels for f32, where candle's ops would take a serial pass
+//! and a fresh buffer per op, and often one scalar libm call per element.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
 
@@ -140,6 +140,61 @@ pub fn silu_mul_backward(
         Tensor::from_vec(d_gate, shape.clone(), device)?,
         Tensor::from_vec(d_up, shape.clone(), device)?,
     )))
+}
+
+/// Σ a·b over two rows, in [`LANES`] independent partial sums so that it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut sums = [0f32; LANES];
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..LANES {
+            sums[i] += x[i] * y[i];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+const LANES: usize = 8;
+
+/// The input gradient of RMSNorm y = x·r·w, r = 1/√(mean(x²) + eps) per row, for output
+/// gradient `g`: g·w·r − x·r³·mean(g·w·x), one parallel pass per row. None unless x and g are
+/// contiguous f32 on the CPU, of one shape, and w is their last dimension.
+pub fn rms_norm_backward(x: &Tensor, g: &Tensor, w: &Tensor, eps: f64) -> Result<Option<Tensor>> {
+    use rayon::prelude::*;
+    let h = w.elem_count();
+    if x.shape() != g.shape() || x.dims().last() != Some(&h) {
+        return Ok(None);
+    }
+    let dx = with_f32(x, |x| {
+        with_f32(g, |g| {
+            with_f32(w, |w| {
+                let mut dx = vec![0f32; x.len()];
+                dx.par_chunks_mut(h)
+                    .zip(x.par_chunks(h).zip(g.par_chunks(h)))
+                    .for_each(|(dx, (x, g))| {
+                        let r = 1.0 / (dot(x, x) / h as f32 + eps as f32).sqrt();
+                        for ((d, &g), &w) in dx.iter_mut().zip(g).zip(w) {
+                            *d = g * w;
+                        }
+                        let c = dot(dx, x) / h as f32 * r * r * r;
+                        for (d, &x) in dx.iter_mut().zip(x) {
+                            *d = *d * r - x * c;
+                        }
+                    });
+                dx
+            })
+        })
+    })
+    .flatten()
+    .flatten();
+    dx.map(|dx| Tensor::from_vec(dx, x.shape().clone(), x.device()))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -268,6 +268,9 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     };
     let weight = weight.clone();
     with_input_grad("rms-norm", x, value, move |x, _, g| {
+        if let Some(dx) = kernels::rms_norm_backward(x, g, &weight, eps)? {
+            return Ok(dx);
+        }
         let xf = at_least_f32(x)?;
         let gw = at_least_f32(g)?.broadcast_mul(&at_least_f32(&weight)?)?;
         let r = inv_rms(&xf, eps)?;
