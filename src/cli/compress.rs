@@ -381,11 +381,6 @@ fn module_map(c: &Compression) -> serde_json::Value {
     )
 }
 
-/// Layer inputs are kept in memory for all chosen layers at once up to this many bytes
-/// (GRASP_INPUT_CACHE_MB, default 256), beyond that in files beside the output while the disk
-/// has room, else recomputed layer by layer. Files cost a write and a read of each input, far
-/// less than a prefix forward pass, and keep the peak memory to the model and one window's
-/// activations.
 /// The block-influence pass computes every layer's input: on the CPU, where a forward pass is
 /// dear, it keeps the inputs of every layer GRASP may compress (memory or disk as the cache
 /// allows) so that no second pass is needed once the layers are chosen. On a GPU that pass is
@@ -405,19 +400,16 @@ fn bi_pass_collector(
         None => (0..model.num_layers()).collect(),
     };
     let bytes = candidates.len() * LayerInputs::bytes_per_layer(model, batches);
-    match cache.place(bytes) {
-        Placement::Memory => Some(InputCollector::new(
-            &candidates,
-            None,
-            args.calibration.batch_size,
-        )),
-        Placement::Disk(dir) if model.device().is_cpu() => Some(InputCollector::new(
-            &candidates,
-            Some(dir),
-            args.calibration.batch_size,
-        )),
-        _ => None,
-    }
+    let disk = match cache.place(bytes) {
+        Placement::Memory => None,
+        Placement::Disk(dir) if model.device().is_cpu() => Some(dir),
+        _ => return None,
+    };
+    Some(InputCollector::new(
+        &candidates,
+        disk,
+        args.calibration.batch_size,
+    ))
 }
 
 fn input_cache_budget() -> usize {

@@ -151,17 +151,19 @@ pub fn compress_layers(
         (collected.placement(), Some(collected))
     } else {
         let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
-        match opts.input_cache.place(total) {
-            Placement::Memory => (
-                "memory",
-                Some(LayerInputs::collect(model, batches, &order, None)?),
-            ),
-            Placement::Disk(dir) => (
-                "disk",
-                Some(LayerInputs::collect(model, batches, &order, Some(dir))?),
-            ),
-            Placement::Recompute => ("recomputed", None),
-        }
+        // In memory (no directory) or in files under one; nothing to collect when recomputed.
+        let keep_in = match opts.input_cache.place(total) {
+            Placement::Memory => Some(None),
+            Placement::Disk(dir) => Some(Some(dir)),
+            Placement::Recompute => None,
+        };
+        let cache = keep_in
+            .map(|dir| LayerInputs::collect(model, batches, &order, dir))
+            .transpose()?;
+        (
+            cache.as_ref().map_or("recomputed", LayerInputs::placement),
+            cache,
+        )
     };
     let mut out = Compression {
         layer_inputs,

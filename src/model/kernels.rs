@@ -142,8 +142,9 @@ pub fn silu_mul_backward(
     )))
 }
 
-/// Σ a·b over two rows, in [`LANES`] independent partial sums so that it vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
+/// Σ a·b over two rows, in [`LANES`] independent partial sums so that it vectorises (one
+/// accumulator would chain every addition to the one before).
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let tail: f32 = ca
@@ -160,7 +161,40 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     sums.iter().sum::<f32>() + tail
 }
 
-const LANES: usize = 8;
+/// Σ a, as [`dot`] does it.
+pub fn sum(a: &[f32]) -> f32 {
+    let mut sums = [0f32; LANES];
+    let chunks = a.chunks_exact(LANES);
+    let tail: f32 = chunks.remainder().iter().sum();
+    for x in chunks {
+        for i in 0..LANES {
+            sums[i] += x[i];
+        }
+    }
+    sums.iter().sum::<f32>() + tail
+}
+
+/// The largest of a (−inf when empty; NaNs are skipped), as [`dot`] does it.
+pub fn max(a: &[f32]) -> f32 {
+    let mut maxes = [f32::NEG_INFINITY; LANES];
+    let chunks = a.chunks_exact(LANES);
+    // A compare and select, which is one vector instruction; f32::max adds NaN handling.
+    let larger = |m: f32, x: f32| if x > m { x } else { m };
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &x| larger(m, x));
+    for x in chunks {
+        for i in 0..LANES {
+            maxes[i] = larger(maxes[i], x[i]);
+        }
+    }
+    maxes.iter().fold(tail, |m, &x| larger(m, x))
+}
+
+/// Independent partial results of [`dot`], [`sum`] and [`max`]: enough for the compiler to
+/// keep them in vector registers (two AVX2 or one AVX-512 register of f32).
+pub const LANES: usize = 16;
 
 /// The input gradient of RMSNorm y = x·r·w, r = 1/√(mean(x²) + eps) per row, for output
 /// gradient `g`: g·w·r − x·r³·mean(g·w·x), one parallel pass per row. None unless x and g are

@@ -13,11 +13,14 @@ use std::sync::{Mutex, PoisonError};
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
 use rayon::prelude::*;
 
-use super::kernels::exp_nonpositive;
+use super::kernels::{exp_nonpositive, max, LANES};
+use super::matmul::matmul;
 
-/// Rows of logits computed at a time: 256 × a 49k vocabulary is 48 MB, large enough for an
-/// efficient head GEMM.
-pub const LOGIT_ROWS: usize = 256;
+/// Rows of logits computed at a time: 128 × a 49k vocabulary is 24 MB, large enough for an
+/// efficient head GEMM and under glibc's 32 MiB mmap threshold, so the block reuses heap
+/// memory. At 256 rows (48 MB) each block was a fresh mapping: 19 million page faults in a
+/// 6-layer SmolLM2 compression.
+pub const LOGIT_ROWS: usize = 128;
 
 /// One block of rows of the head's cross-entropy.
 pub struct LogitBlock {
@@ -42,7 +45,7 @@ pub fn logit_blocks<'a>(
     let xd = x.detach();
     Ok((0..rows).step_by(LOGIT_ROWS).map(move |start| {
         let n = LOGIT_ROWS.min(rows - start);
-        let logits = super::ops::at_least_f32(&xd.narrow(0, start, n)?.matmul(&w.t()?)?)?;
+        let logits = super::ops::at_least_f32(&matmul(&xd.narrow(0, start, n)?, &w.t()?)?)?;
         let targets = targets.narrow(0, start, n)?;
         let weights = weights.map(|w| w.narrow(0, start, n)).transpose()?;
         let (nll, dlogits) = if logits.device().is_cpu() && logits.dtype() == DType::F32 {
@@ -137,25 +140,10 @@ impl InplaceOp1 for RowCrossEntropy {
     }
 }
 
-/// Lanes of the partial maxima and sums: independent accumulators the compiler keeps in
-/// vector registers (a single f32 accumulator would serialise the row).
-const LANES: usize = 16;
-
 /// logsumexp(row) − row[target]; with a weight, the row becomes (softmax(row) − onehot)·weight.
 fn row_cross_entropy(row: &mut [f32], target: usize, weight: Option<f32>) -> f32 {
     let picked = row[target];
-    let mut maxes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (m, &x) in maxes.iter_mut().zip(chunk) {
-            *m = if x > *m { x } else { *m };
-        }
-    }
-    let max = chunks
-        .remainder()
-        .iter()
-        .chain(&maxes)
-        .fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+    let max = max(row);
     let mut sums = [0f32; LANES];
     let mut chunks = row.chunks_exact_mut(LANES);
     for chunk in &mut chunks {

@@ -6,6 +6,7 @@ pub mod kernels;
 pub mod linear;
 pub mod llama;
 pub mod logits;
+pub mod matmul;
 pub mod ops;
 pub mod softmax;
 

@@ -19,6 +19,7 @@ use candle_core::{
 
 use super::kernels;
 use super::logits::logit_blocks;
+use super::matmul::matmul;
 use super::softmax::CausalBlock;
 
 /// Half-precision tensors are upcast to f32 for reductions, logits and losses; f32 and f64
@@ -223,7 +224,7 @@ fn matmul_rows(x: &Tensor, m: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let (lead, inner) = dims.split_at(dims.len() - 1);
     let rows: usize = lead.iter().product();
-    let y = x.reshape((rows, inner[0]))?.matmul(m)?;
+    let y = matmul(&x.reshape((rows, inner[0]))?, m)?;
     let mut out_shape = lead.to_vec();
     out_shape.push(m.dim(1)?);
     y.reshape(out_shape)
@@ -361,7 +362,10 @@ pub fn causal_attention(
     // softmax(q·kᵀ·scale + mask) of one block, (b, kv_heads, groups·rows, start + rows).
     let probs = move |q: &Tensor, k: &Tensor, block: &CausalBlock| -> Result<Tensor> {
         let end = block.start + block.rows;
-        let scores = rows_of(q, block.start, block.rows)?.matmul(&k.narrow(2, 0, end)?.t()?)?;
+        let scores = matmul(
+            &rows_of(q, block.start, block.rows)?,
+            &k.narrow(2, 0, end)?.t()?,
+        )?;
         block.softmax(scores)
     };
     let blocks: Vec<CausalBlock> = (0..t)
@@ -380,9 +384,11 @@ pub fn causal_attention(
     let outputs = blocks
         .iter()
         .map(|block| {
-            probs(&qd, &kd, block)?
-                .matmul(&vd.narrow(2, 0, block.start + block.rows)?)?
-                .reshape((b, kv_heads, groups, block.rows, d))
+            matmul(
+                &probs(&qd, &kd, block)?,
+                &vd.narrow(2, 0, block.start + block.rows)?,
+            )?
+            .reshape((b, kv_heads, groups, block.rows, d))
         })
         .collect::<Result<Vec<_>>>()?;
     let value = Tensor::cat(&outputs, 3)?.reshape((b, heads, t, d))?;
@@ -399,13 +405,10 @@ pub fn causal_attention(
             let end = start + rows;
             let p = probs(&q, &k, block)?;
             let (gb, qb) = (rows_of(&g, start, rows)?, rows_of(&q, start, rows)?);
-            let ds = block.softmax_backward(&p, gb.matmul(&v.narrow(2, 0, end)?.t()?)?)?;
-            dq.push(
-                ds.matmul(&k.narrow(2, 0, end)?)?
-                    .reshape((b, kv_heads, groups, rows, d))?,
-            );
-            dk = (dk + ds.t()?.matmul(&qb)?.pad_with_zeros(2, 0, t - end)?)?;
-            dv = (dv + p.t()?.matmul(&gb)?.pad_with_zeros(2, 0, t - end)?)?;
+            let ds = block.softmax_backward(&p, matmul(&gb, &v.narrow(2, 0, end)?.t()?)?)?;
+            dq.push(matmul(&ds, &k.narrow(2, 0, end)?)?.reshape((b, kv_heads, groups, rows, d))?);
+            dk = (dk + matmul(&ds.t()?, &qb)?.pad_with_zeros(2, 0, t - end)?)?;
+            dv = (dv + matmul(&p.t()?, &gb)?.pad_with_zeros(2, 0, t - end)?)?;
         }
         let dq = Tensor::cat(&dq, 3)?.reshape((b, heads, t, d))?;
         Ok(vec![Some(dq), Some(dk), Some(dv)])
@@ -504,7 +507,7 @@ pub fn linear_cross_entropy(
             .to_dtype(block.nll.dtype())?;
         losses.push((&block.nll * &wb)?.sum_all()?);
         if let Some(dlogits) = block.dlogits {
-            grads.push(dlogits.to_dtype(x.dtype())?.matmul(w)?);
+            grads.push(matmul(&dlogits.to_dtype(x.dtype())?, w)?);
         }
     }
     let value = Tensor::stack(&losses, 0)?.sum_all()?;

@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, D};
 use rayon::prelude::*;
 
-use super::kernels::exp_nonpositive;
+use super::kernels::{dot, exp_nonpositive, max, sum};
 use super::ops::at_least_f32;
 
 /// A block of query rows `start..start + rows` of causal attention: in scores (…, rows,
@@ -111,13 +111,11 @@ impl InplaceOp1 for Forward {
             .enumerate()
             .for_each(|(i, row)| {
                 let (seen, unseen) = row.split_at_mut(block.visible(i));
-                let max = seen.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) * scale;
-                let mut sum = 0f32;
-                for x in seen.iter_mut() {
-                    *x = exp_nonpositive(*x * scale - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
+                let max = max(seen) * scale;
+                // The sum apart from the exponentials, so that both loops vectorise.
+                seen.iter_mut()
+                    .for_each(|x| *x = exp_nonpositive(*x * scale - max));
+                let inv = 1.0 / sum(seen);
                 seen.iter_mut().for_each(|x| *x *= inv);
                 unseen.fill(0.0);
             });
@@ -161,7 +159,7 @@ impl InplaceOp2 for Backward {
             .for_each(|(i, (dp, p))| {
                 let n = block.visible(i);
                 let (dp_seen, dp_unseen) = dp.split_at_mut(n);
-                let dot: f32 = dp_seen.iter().zip(&p[..n]).map(|(d, p)| d * p).sum();
+                let dot = dot(dp_seen, &p[..n]);
                 for (d, &p) in dp_seen.iter_mut().zip(&p[..n]) {
                     *d = p * (*d - dot) * scale;
                 }
