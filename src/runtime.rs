@@ -95,7 +95,7 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
 /// Unless CANDLE_NUM_THREADS says otherwise, that second pool gets no workers (candle's
 /// element-wise ops run on the calling thread) and grasp's own element-wise kernels run on
 /// rayon's pool beside the GEMMs: forward+backward from SmolLM2's layer 12 went from 204-225
-/// to 229-250 tokens/s.
+/// to 240-267 tokens/s.
 ///
 /// Memory: keeps glibc from handing the large activation buffers of each pass back to the OS
 /// and faulting them in again on the next one (millions of page faults per gradient pass):

@@ -399,3 +399,40 @@ fn bf16_gradients_follow_the_f32_ones() {
     let err = max_abs_diff(&half, &full) / max_abs(&full);
     assert!(err < 0.05, "bf16 gradient differs by {err:e} (relative)");
 }
+
+/// grasp's matmul (src/model/matmul.rs) on transposed, narrowed and batched operands gives
+/// candle's product of contiguous copies (candle itself refuses some of these layouts). The
+/// freed NaN buffers of each output's size make it likely that an element the GEMM failed to
+/// write would show.
+#[test]
+fn matmul_matches_candle_for_strided_and_batched_operands() {
+    let randn = |dims: &[usize]| randn(dims, DType::F32);
+    let (x, w) = (randn(&[37, 19]), randn(&[23, 19]));
+    let (q, k) = (randn(&[2, 3, 11, 8]), randn(&[2, 3, 16, 8]));
+    let cases = [
+        (x.clone(), w.t().unwrap()),
+        (
+            x.narrow(0, 5, 20).unwrap(),
+            w.t().unwrap().contiguous().unwrap(),
+        ),
+        (x.t().unwrap(), randn(&[37, 7])),
+        (q.clone(), k.narrow(2, 2, 12).unwrap().t().unwrap()),
+        (k.t().unwrap(), randn(&[2, 3, 5, 16]).t().unwrap()),
+        // Batch dimensions that are not contiguous either.
+        (
+            randn(&[2, 11, 3, 8]).transpose(1, 2).unwrap(),
+            k.t().unwrap(),
+        ),
+    ];
+    for (i, (a, b)) in cases.iter().enumerate() {
+        let want = a
+            .contiguous()
+            .unwrap()
+            .matmul(&b.contiguous().unwrap())
+            .unwrap();
+        drop(vec![f32::NAN; want.elem_count()]);
+        let got = grasp::model::matmul::matmul(a, b).unwrap();
+        assert_eq!(got.dims(), want.dims(), "case {i}");
+        assert!(max_abs_diff(&got, &want) < 1e-5, "case {i}");
+    }
+}

@@ -5,6 +5,8 @@
 //! own) and five more for the backward, each with a fresh buffer the size of the scores: a
 //! sixth of a gradient pass at 512 tokens. Other devices and dtypes take those ops.
 
+use std::ops::Range;
+
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, D};
 use rayon::prelude::*;
 
@@ -81,19 +83,16 @@ fn is_cpu_f32(t: &Tensor) -> bool {
     t.device().is_cpu() && t.dtype() == DType::F32
 }
 
-/// The f32 elements `layout` views, which must be contiguous, with `cols` to a row.
-fn rows_of<'a>(storage: &'a mut CpuStorage, layout: &Layout, cols: usize) -> Result<&'a mut [f32]> {
-    let CpuStorage::F32(data) = storage else {
-        candle_core::bail!("causal softmax: the scores are not f32");
-    };
+/// The elements `layout` views, which must be contiguous rows of `cols`.
+fn row_range(layout: &Layout, cols: usize) -> Result<Range<usize>> {
     if !layout.is_contiguous() || layout.dims().last() != Some(&cols) {
         candle_core::bail!(
-            "causal softmax: scores of shape {:?}, not contiguous rows of {cols}",
+            "causal softmax: a tensor of shape {:?}, not contiguous rows of {cols}",
             layout.dims()
         );
     }
     let start = layout.start_offset();
-    Ok(&mut data[start..start + layout.shape().elem_count()])
+    Ok(start..start + layout.shape().elem_count())
 }
 
 struct Forward(CausalBlock);
@@ -106,7 +105,10 @@ impl InplaceOp1 for Forward {
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
         let block = self.0;
         let scale = block.scale as f32;
-        rows_of(storage, layout, block.cols())?
+        let CpuStorage::F32(data) = storage else {
+            candle_core::bail!("causal softmax: the scores are not f32");
+        };
+        data[row_range(layout, block.cols())?]
             .par_chunks_mut(block.cols())
             .enumerate()
             .for_each(|(i, row)| {
@@ -139,12 +141,13 @@ impl InplaceOp2 for Backward {
     ) -> Result<()> {
         let block = self.0;
         let cols = block.cols();
-        let CpuStorage::F32(p) = p else {
-            candle_core::bail!("causal softmax backward: the probabilities are not f32");
+        let (CpuStorage::F32(dp), CpuStorage::F32(p)) = (dp, p) else {
+            candle_core::bail!("causal softmax backward: the operands are not f32");
         };
-        let p =
-            &p[p_layout.start_offset()..p_layout.start_offset() + p_layout.shape().elem_count()];
-        let dp = rows_of(dp, dp_layout, cols)?;
+        let (dp, p) = (
+            &mut dp[row_range(dp_layout, cols)?],
+            &p[row_range(p_layout, cols)?],
+        );
         if p.len() != dp.len() {
             candle_core::bail!(
                 "causal softmax backward: {} probabilities for {} gradients",
