@@ -1,7 +1,15 @@
 //! Element-wise and row-wise CPU kernels for f32, where candle's ops would take a serial pass
 //! and a fresh buffer per op, and often one scalar libm call per element.
+//!
+//! The loops that do the arithmetic are `#[multiversion]` functions: the binary's baseline is
+//! x86-64's SSE2, four floats a vector, and on a CPU with AVX2 the same loops (with the
+//! `#[inline(always)]` helpers they call) run compiled for eight. Floating-point order is the
+//! source's in both (the reductions' lanes are explicit), so both give the same bits. Relative
+//! to the GEMM microkernel's samples in a gradient pass from SmolLM2's layer 12 (perf), these
+//! loops went from 9.8% to 6.0%.
 
 use candle_core::{CpuStorage, DType, Result, Storage, Tensor};
+use multiversion::multiversion;
 
 /// e^x for x ≤ 0 within about 2 ulp, branch-free so that it vectorises (libm's `expf` is one
 /// call per element). Below −87.3 the result would be subnormal and is flushed to 0: beside
@@ -92,11 +100,7 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Option<Tensor>> {
     }
     let out = with_f32(gate, |x| {
         with_f32(up, |u| {
-            let [y] = par_fill(x.len(), |r, [y]| {
-                for ((y, &x), &u) in y.iter_mut().zip(&x[r.clone()]).zip(&u[r]) {
-                    *y = x * sigmoid(x) * u;
-                }
-            });
+            let [y] = par_fill(x.len(), |r, [y]| silu_mul_chunk(y, &x[r.clone()], &u[r]));
             y
         })
     })
@@ -120,12 +124,7 @@ pub fn silu_mul_backward(
         with_f32(gate, |x| {
             with_f32(up, |u| {
                 par_fill(g.len(), |r, [dg, du]| {
-                    let (g, x, u) = (&g[r.clone()], &x[r.clone()], &u[r]);
-                    for i in 0..g.len() {
-                        let s = sigmoid(x[i]);
-                        du[i] = g[i] * x[i] * s;
-                        dg[i] = g[i] * u[i] * s * (1.0 + x[i] * (1.0 - s));
-                    }
+                    silu_mul_backward_chunk(dg, du, &g[r.clone()], &x[r.clone()], &u[r])
                 })
             })
         })
@@ -142,8 +141,25 @@ pub fn silu_mul_backward(
     )))
 }
 
+#[multiversion(targets("x86_64+avx2"))]
+fn silu_mul_chunk(y: &mut [f32], x: &[f32], u: &[f32]) {
+    for ((y, &x), &u) in y.iter_mut().zip(x).zip(u) {
+        *y = x * sigmoid(x) * u;
+    }
+}
+
+#[multiversion(targets("x86_64+avx2"))]
+fn silu_mul_backward_chunk(dg: &mut [f32], du: &mut [f32], g: &[f32], x: &[f32], u: &[f32]) {
+    for i in 0..g.len() {
+        let s = sigmoid(x[i]);
+        du[i] = g[i] * x[i] * s;
+        dg[i] = g[i] * u[i] * s * (1.0 + x[i] * (1.0 - s));
+    }
+}
+
 /// Σ a·b over two rows, in [`LANES`] independent partial sums so that it vectorises (one
 /// accumulator would chain every addition to the one before).
+#[inline(always)]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut sums = [0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
@@ -162,6 +178,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Σ a, as [`dot`] does it.
+#[inline(always)]
 pub fn sum(a: &[f32]) -> f32 {
     let mut sums = [0f32; LANES];
     let chunks = a.chunks_exact(LANES);
@@ -175,6 +192,7 @@ pub fn sum(a: &[f32]) -> f32 {
 }
 
 /// The largest of a (−inf when empty; NaNs are skipped), as [`dot`] does it.
+#[inline(always)]
 pub fn max(a: &[f32]) -> f32 {
     let mut maxes = [f32::NEG_INFINITY; LANES];
     let chunks = a.chunks_exact(LANES);
@@ -211,16 +229,7 @@ pub fn rms_norm_backward(x: &Tensor, g: &Tensor, w: &Tensor, eps: f64) -> Result
                 let mut dx = vec![0f32; x.len()];
                 dx.par_chunks_mut(h)
                     .zip(x.par_chunks(h).zip(g.par_chunks(h)))
-                    .for_each(|(dx, (x, g))| {
-                        let r = 1.0 / (dot(x, x) / h as f32 + eps as f32).sqrt();
-                        for ((d, &g), &w) in dx.iter_mut().zip(g).zip(w) {
-                            *d = g * w;
-                        }
-                        let c = dot(dx, x) / h as f32 * r * r * r;
-                        for (d, &x) in dx.iter_mut().zip(x) {
-                            *d = *d * r - x * c;
-                        }
-                    });
+                    .for_each(|(dx, (x, g))| rms_norm_backward_row(dx, x, g, w, eps as f32));
                 dx
             })
         })
@@ -229,6 +238,19 @@ pub fn rms_norm_backward(x: &Tensor, g: &Tensor, w: &Tensor, eps: f64) -> Result
     .flatten();
     dx.map(|dx| Tensor::from_vec(dx, x.shape().clone(), x.device()))
         .transpose()
+}
+
+#[multiversion(targets("x86_64+avx2"))]
+fn rms_norm_backward_row(dx: &mut [f32], x: &[f32], g: &[f32], w: &[f32], eps: f32) {
+    let h = x.len() as f32;
+    let r = 1.0 / (dot(x, x) / h + eps).sqrt();
+    for ((d, &g), &w) in dx.iter_mut().zip(g).zip(w) {
+        *d = g * w;
+    }
+    let c = dot(dx, x) / h * r * r * r;
+    for (d, &x) in dx.iter_mut().zip(x) {
+        *d = *d * r - x * c;
+    }
 }
 
 #[cfg(test)]

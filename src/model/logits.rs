@@ -11,6 +11,7 @@
 use std::sync::{Mutex, PoisonError};
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::kernels::{exp_nonpositive, max, LANES};
@@ -141,6 +142,7 @@ impl InplaceOp1 for RowCrossEntropy {
 }
 
 /// logsumexp(row) − row[target]; with a weight, the row becomes (softmax(row) − onehot)·weight.
+#[multiversion(targets("x86_64+avx2"))]
 fn row_cross_entropy(row: &mut [f32], target: usize, weight: Option<f32>) -> f32 {
     let picked = row[target];
     let max = max(row);

@@ -8,6 +8,7 @@
 use std::ops::Range;
 
 use candle_core::{CpuStorage, DType, Device, InplaceOp1, InplaceOp2, Layout, Result, Tensor, D};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::kernels::{dot, exp_nonpositive, max, sum};
@@ -111,16 +112,7 @@ impl InplaceOp1 for Forward {
         data[row_range(layout, block.cols())?]
             .par_chunks_mut(block.cols())
             .enumerate()
-            .for_each(|(i, row)| {
-                let (seen, unseen) = row.split_at_mut(block.visible(i));
-                let max = max(seen) * scale;
-                // The sum apart from the exponentials, so that both loops vectorise.
-                seen.iter_mut()
-                    .for_each(|x| *x = exp_nonpositive(*x * scale - max));
-                let inv = 1.0 / sum(seen);
-                seen.iter_mut().for_each(|x| *x *= inv);
-                unseen.fill(0.0);
-            });
+            .for_each(|(i, row)| softmax_row(row, block.visible(i), scale));
         Ok(())
     }
 }
@@ -159,15 +151,31 @@ impl InplaceOp2 for Backward {
         dp.par_chunks_mut(cols)
             .zip(p.par_chunks(cols))
             .enumerate()
-            .for_each(|(i, (dp, p))| {
-                let n = block.visible(i);
-                let (dp_seen, dp_unseen) = dp.split_at_mut(n);
-                let dot = dot(dp_seen, &p[..n]);
-                for (d, &p) in dp_seen.iter_mut().zip(&p[..n]) {
-                    *d = p * (*d - dot) * scale;
-                }
-                dp_unseen.fill(0.0);
-            });
+            .for_each(|(i, (dp, p))| softmax_backward_row(dp, p, block.visible(i), scale));
         Ok(())
     }
+}
+
+/// softmax(row[..visible]·scale), and zeros after it.
+#[multiversion(targets("x86_64+avx2"))]
+fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
+    let (seen, unseen) = row.split_at_mut(visible);
+    let max = max(seen) * scale;
+    // The sum apart from the exponentials, so that both loops vectorise.
+    seen.iter_mut()
+        .for_each(|x| *x = exp_nonpositive(*x * scale - max));
+    let inv = 1.0 / sum(seen);
+    seen.iter_mut().for_each(|x| *x *= inv);
+    unseen.fill(0.0);
+}
+
+/// The gradient of the scaled scores from that of the probabilities `dp`, in place.
+#[multiversion(targets("x86_64+avx2"))]
+fn softmax_backward_row(dp: &mut [f32], p: &[f32], visible: usize, scale: f32) {
+    let (dp_seen, dp_unseen) = dp.split_at_mut(visible);
+    let dot = dot(dp_seen, &p[..visible]);
+    for (d, &p) in dp_seen.iter_mut().zip(&p[..visible]) {
+        *d = p * (*d - dot) * scale;
+    }
+    dp_unseen.fill(0.0);
 }
