@@ -142,7 +142,7 @@ impl InplaceOp1 for RowCrossEntropy {
 }
 
 /// logsumexp(row) − row[target]; with a weight, the row becomes (softmax(row) − onehot)·weight.
-#[multiversion(targets("x86_64+avx2"))]
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
 fn row_cross_entropy(row: &mut [f32], target: usize, weight: Option<f32>) -> f32 {
     let picked = row[target];
     let max = max(row);

@@ -157,7 +157,7 @@ impl InplaceOp2 for Backward {
 }
 
 /// softmax(row[..visible]·scale), and zeros after it.
-#[multiversion(targets("x86_64+avx2"))]
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
 fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
     let (seen, unseen) = row.split_at_mut(visible);
     let max = max(seen) * scale;
@@ -170,7 +170,7 @@ fn softmax_row(row: &mut [f32], visible: usize, scale: f32) {
 }
 
 /// The gradient of the scaled scores from that of the probabilities `dp`, in place.
-#[multiversion(targets("x86_64+avx2"))]
+#[multiversion(targets("x86_64+avx512f", "x86_64+avx2"))]
 fn softmax_backward_row(dp: &mut [f32], p: &[f32], visible: usize, scale: f32) {
     let (dp_seen, dp_unseen) = dp.split_at_mut(visible);
     let dot = dot(dp_seen, &p[..visible]);
