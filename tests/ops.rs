@@ -183,6 +183,82 @@ fn causal_attention_matches_finite_differences_and_the_composed_form() {
     }
 }
 
+/// A frozen projection (out, in): dense, or factorized through rank 3 (so that both forms'
+/// input gradients are checked).
+fn frozen_projection(out: usize, inp: usize, factorized: bool, dtype: DType) -> Linear {
+    if factorized {
+        Linear::Factorized {
+            svd_in: randn(&[3, inp], dtype),
+            svd_out: randn(&[out, 3], dtype),
+            bias: None,
+        }
+    } else {
+        Linear::Dense {
+            weight: randn(&[out, inp], dtype),
+            bias: Some(randn(&[out], dtype)),
+        }
+    }
+}
+
+/// Gate and up are the two halves of one input, as for silu_mul.
+#[test]
+fn gated_projection_matches_finite_differences_and_the_composed_form() {
+    for factorized in [false, true] {
+        check(|dtype| {
+            let down = frozen_projection(6, 16, factorized, dtype);
+            let down2 = down.clone();
+            Case {
+                x: (randn(&[2, 3, 5, 16], dtype) * 3.0).unwrap(),
+                fast: Box::new(move |x| ops::gated_projection(&x.get(0)?, &x.get(1)?, &down)),
+                composed: Box::new(move |x| {
+                    down2.forward(&(candle_nn::ops::silu(&x.get(0)?)? * x.get(1)?)?)
+                }),
+            }
+        });
+    }
+}
+
+/// q, k and v before rope (4 query heads over 2 key/value heads, 8 positions in blocks of 3),
+/// then the output projection, against rope_slow, the composed attention and a plain matmul;
+/// checked with respect to each of q, k and v.
+#[test]
+fn rotary_attention_matches_finite_differences_and_the_composed_form() {
+    for (which, factorized) in [(0, false), (1, true), (2, false), (0, true)] {
+        check(|dtype| {
+            let (t, d) = (8, 4);
+            let angles = randn(&[t, d / 2], DType::F64);
+            let cos = angles.cos().unwrap().to_dtype(dtype).unwrap();
+            let sin = angles.sin().unwrap().to_dtype(dtype).unwrap();
+            let out = frozen_projection(5, 4 * d, factorized, dtype);
+            let qkv = [
+                randn(&[1, 4, t, d], dtype),
+                randn(&[1, 2, t, d], dtype),
+                randn(&[1, 2, t, d], dtype),
+            ];
+            let with = move |fixed: &[Tensor; 3], x: &Tensor| {
+                let mut args = fixed.clone();
+                args[which] = x.clone();
+                args
+            };
+            let (fixed, fixed2) = (qkv.clone(), qkv.clone());
+            let (cos2, sin2, out2) = (cos.clone(), sin.clone(), out.clone());
+            Case {
+                x: qkv[which].clone(),
+                fast: Box::new(move |x| {
+                    let [q, k, v] = with(&fixed, x);
+                    ops::rotary_attention(&q, &k, &v, &cos, &sin, 0.5, 3, &out)
+                }),
+                composed: Box::new(move |x| {
+                    let [q, k, v] = with(&fixed2, x);
+                    let q = candle_nn::rotary_emb::rope_slow(&q, &cos2, &sin2)?;
+                    let k = candle_nn::rotary_emb::rope_slow(&k, &cos2, &sin2)?;
+                    out2.forward(&ops::merge_heads(&composed_attention(&q, &k, &v, 0.5)?)?)
+                }),
+            }
+        });
+    }
+}
+
 /// The block size changes how the work is cut, not the result.
 #[test]
 fn causal_attention_blocks_agree() {

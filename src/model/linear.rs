@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use super::ops::matmul_t;
+use super::ops::{matmul_rows, matmul_t};
 
 #[derive(Clone, Debug)]
 pub enum Linear {
@@ -99,6 +99,34 @@ impl Linear {
             Linear::Factorized { .. } => r * (i + o),
         };
         weights + self.bias().map_or(0, |b| b.elem_count())
+    }
+
+    /// True when no tensor of this projection is in a gradient graph, so that a fused op may
+    /// take it in and give back only [`Linear::input_grad`]. SVD form is never frozen: its
+    /// singular values are what a gradient pass trains.
+    pub fn is_frozen(&self) -> bool {
+        let bias_frozen = self.bias().is_none_or(|b| !b.track_op());
+        match self {
+            Linear::Dense { weight, .. } => !weight.track_op() && bias_frozen,
+            Linear::Svd { .. } => false,
+            Linear::Factorized {
+                svd_in, svd_out, ..
+            } => !svd_in.track_op() && !svd_out.track_op() && bias_frozen,
+        }
+    }
+
+    /// g · W: the gradient of this projection's input, given that of its output (…, out).
+    pub fn input_grad(&self, g: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Dense { weight, .. } => matmul_rows(g, weight),
+            Linear::Svd { u, s, vh, .. } => {
+                let s = s.as_tensor().detach().to_dtype(g.dtype())?;
+                matmul_rows(&matmul_rows(g, u)?.broadcast_mul(&s)?, vh)
+            }
+            Linear::Factorized {
+                svd_in, svd_out, ..
+            } => matmul_rows(&matmul_rows(g, svd_out)?, svd_in),
+        }
     }
 
     /// The (out, in) weight this projection computes with.

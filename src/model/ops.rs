@@ -18,6 +18,7 @@ use candle_core::{
 };
 
 use super::kernels;
+use super::linear::Linear;
 use super::logits::logit_blocks;
 use super::matmul::matmul;
 use super::softmax::CausalBlock;
@@ -220,7 +221,7 @@ fn with_input_grad(
 }
 
 /// x (…, k) · m (k, n), flattening the leading dimensions so that candle runs one GEMM.
-fn matmul_rows(x: &Tensor, m: &Tensor) -> Result<Tensor> {
+pub(crate) fn matmul_rows(x: &Tensor, m: &Tensor) -> Result<Tensor> {
     let dims = x.dims();
     let (lead, inner) = dims.split_at(dims.len() - 1);
     let rows: usize = lead.iter().product();
@@ -286,11 +287,7 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
 /// layer, the largest a gradient pass holds. This op keeps gate and up alone and computes
 /// d gate = g·up·σ(1 + gate(1 − σ)) and d up = g·silu(gate) from them in the backward.
 pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    let (gd, ud) = (gate.detach(), up.detach());
-    let value = match kernels::silu_mul(&gd, &ud)? {
-        Some(value) => value,
-        None => (candle_nn::ops::silu(&gd)? * &ud)?,
-    };
+    let value = silu_mul_value(&gate.detach(), &up.detach())?;
     if !gate.track_op() && !up.track_op() {
         return Ok(value);
     }
@@ -299,19 +296,52 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         InputOnly {
             name: "silu-mul",
             value: Mutex::new(Some(value)),
-            input_grads: Box::new(|x, _, g| {
-                let (gate, up) = (&x[0], &x[1]);
-                if let Some((d_gate, d_up)) = kernels::silu_mul_backward(g, gate, up)? {
-                    return Ok(vec![Some(d_gate), Some(d_up)]);
-                }
-                let sigmoid = candle_nn::ops::sigmoid(gate)?;
-                let d_up = (g * (gate * &sigmoid)?)?;
-                let slope = ((gate * (1.0 - &sigmoid)?)? + 1.0)?;
-                let d_gate = ((g * up)? * (sigmoid * slope)?)?;
-                Ok(vec![Some(d_gate), Some(d_up)])
+            input_grads: Box::new(|x, _, g| silu_mul_input_grads(g, &x[0], &x[1])),
+        },
+    )
+}
+
+/// down(silu(gate)·up), Llama's MLP after its gate and up projections. With `down` frozen the
+/// graph keeps only gate and up: their product, the largest tensor of a layer after them,
+/// is the input only `down`'s weight gradient would need.
+pub fn gated_projection(gate: &Tensor, up: &Tensor, down: &Linear) -> Result<Tensor> {
+    if !down.is_frozen() {
+        return down.forward(&silu_mul(gate, up)?);
+    }
+    let value = down.forward(&silu_mul_value(&gate.detach(), &up.detach())?)?;
+    if !gate.track_op() && !up.track_op() {
+        return Ok(value);
+    }
+    let down = down.clone();
+    gate.apply_op2(
+        up,
+        InputOnly {
+            name: "gated-projection",
+            value: Mutex::new(Some(value)),
+            input_grads: Box::new(move |x, _, g| {
+                silu_mul_input_grads(&down.input_grad(g)?, &x[0], &x[1])
             }),
         },
     )
+}
+
+fn silu_mul_value(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    match kernels::silu_mul(gate, up)? {
+        Some(value) => Ok(value),
+        None => candle_nn::ops::silu(gate)? * up,
+    }
+}
+
+/// d gate = g·up·σ(1 + gate(1 − σ)) and d up = g·silu(gate).
+fn silu_mul_input_grads(g: &Tensor, gate: &Tensor, up: &Tensor) -> Result<Vec<Option<Tensor>>> {
+    if let Some((d_gate, d_up)) = kernels::silu_mul_backward(g, gate, up)? {
+        return Ok(vec![Some(d_gate), Some(d_up)]);
+    }
+    let sigmoid = candle_nn::ops::sigmoid(gate)?;
+    let d_up = (g * (gate * &sigmoid)?)?;
+    let slope = ((gate * (1.0 - &sigmoid)?)? + 1.0)?;
+    let d_gate = ((g * up)? * (sigmoid * slope)?)?;
+    Ok(vec![Some(d_gate), Some(d_up)])
 }
 
 /// Rotary position embedding in the non-interleaved (rotate-half) layout of HF checkpoints.
@@ -349,79 +379,202 @@ pub fn causal_attention(
     scale: f64,
     block: usize,
 ) -> Result<Tensor> {
-    let (b, heads, t, d) = q.dims4()?;
-    let kv_heads = k.dim(1)?;
-    let groups = heads / kv_heads;
-    // Rows of query block `start..start + rows`, grouped under their key/value head.
-    let rows_of = move |x: &Tensor, start: usize, rows: usize| -> Result<Tensor> {
-        x.reshape((b, kv_heads, groups, t, d))?
-            .narrow(3, start, rows)?
-            .contiguous()?
-            .reshape((b, kv_heads, groups * rows, d))
-    };
-    // softmax(q·kᵀ·scale + mask) of one block, (b, kv_heads, groups·rows, start + rows).
-    let probs = move |q: &Tensor, k: &Tensor, block: &CausalBlock| -> Result<Tensor> {
-        let end = block.start + block.rows;
-        let scores = matmul(
-            &rows_of(q, block.start, block.rows)?,
-            &k.narrow(2, 0, end)?.t()?,
-        )?;
-        block.softmax(scores)
-    };
-    let blocks: Vec<CausalBlock> = (0..t)
-        .step_by(block.max(1))
-        .map(|start| CausalBlock {
-            start,
-            rows: block.max(1).min(t - start),
-            scale,
-        })
-        .collect();
-    let (qd, kd, vd) = (
-        q.detach().contiguous()?,
-        k.detach().contiguous()?,
-        v.detach().contiguous()?,
-    );
-    let outputs = blocks
-        .iter()
-        .map(|block| {
-            matmul(
-                &probs(&qd, &kd, block)?,
-                &vd.narrow(2, 0, block.start + block.rows)?,
-            )?
-            .reshape((b, kv_heads, groups, block.rows, d))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let value = Tensor::cat(&outputs, 3)?.reshape((b, heads, t, d))?;
+    let attention = CausalAttention::new(q, k, scale, block)?;
+    let value = attention.value(&q.detach(), &k.detach(), &v.detach())?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(value);
     }
-    let input_grads = move |x: &[Tensor], _: &Tensor, g: &Tensor| -> Result<Vec<Option<Tensor>>> {
-        let (q, k, v) = (x[0].contiguous()?, x[1].contiguous()?, x[2].contiguous()?);
-        let g = g.contiguous()?;
-        let (mut dk, mut dv) = (k.zeros_like()?, v.zeros_like()?);
-        let mut dq = Vec::with_capacity(blocks.len());
-        for block in &blocks {
-            let (start, rows) = (block.start, block.rows);
-            let end = start + rows;
-            let p = probs(&q, &k, block)?;
-            let (gb, qb) = (rows_of(&g, start, rows)?, rows_of(&q, start, rows)?);
-            let ds = block.softmax_backward(&p, matmul(&gb, &v.narrow(2, 0, end)?.t()?)?)?;
-            dq.push(matmul(&ds, &k.narrow(2, 0, end)?)?.reshape((b, kv_heads, groups, rows, d))?);
-            dk = (dk + matmul(&ds.t()?, &qb)?.pad_with_zeros(2, 0, t - end)?)?;
-            dv = (dv + matmul(&p.t()?, &gb)?.pad_with_zeros(2, 0, t - end)?)?;
-        }
-        let dq = Tensor::cat(&dq, 3)?.reshape((b, heads, t, d))?;
-        Ok(vec![Some(dq), Some(dk), Some(dv)])
-    };
     q.apply_op3(
         k,
         v,
         InputOnly {
             name: "causal-attention",
             value: Mutex::new(Some(value)),
+            input_grads: Box::new(move |x, _, g| {
+                let [dq, dk, dv] = attention.input_grads(&x[0], &x[1], &x[2], g)?;
+                Ok(vec![Some(dq), Some(dk), Some(dv)])
+            }),
+        },
+    )
+}
+
+/// A self-attention block after its q, k and v projections: `out` applied to the causal
+/// attention of rope(q), rope(k) and v, heads merged back into (batch, seq, heads·d). q, k, v
+/// are as in [`causal_attention`], before rope.
+///
+/// With `out` frozen this is one node of the graph, which keeps q, k and v alone: rope is
+/// redone in the backward, and the attention output, which only `out`'s weight gradient would
+/// need, is never kept (as separate ops, the graph would hold q and k twice and the output
+/// twice, in both head layouts).
+#[allow(clippy::too_many_arguments)]
+pub fn rotary_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    scale: f64,
+    block: usize,
+    out: &Linear,
+) -> Result<Tensor> {
+    if !out.is_frozen() || cos.track_op() || sin.track_op() {
+        let y = causal_attention(&rope(q, cos, sin)?, &rope(k, cos, sin)?, v, scale, block)?;
+        return out.forward(&merge_heads(&y)?);
+    }
+    let attention = CausalAttention::new(q, k, scale, block)?;
+    let y = attention.value(
+        &rope(&q.detach(), cos, sin)?,
+        &rope(&k.detach(), cos, sin)?,
+        &v.detach(),
+    )?;
+    let value = out.forward(&merge_heads(&y)?)?;
+    if !(q.track_op() || k.track_op() || v.track_op()) {
+        return Ok(value);
+    }
+    let (out, cos, sin) = (out.clone(), cos.clone(), sin.clone());
+    let input_grads = move |x: &[Tensor], _: &Tensor, g: &Tensor| -> Result<Vec<Option<Tensor>>> {
+        let (b, heads, t, d) = x[0].dims4()?;
+        let dy = out
+            .input_grad(g)?
+            .reshape((b, t, heads, d))?
+            .transpose(1, 2)?;
+        let (q, k) = (rope(&x[0], &cos, &sin)?, rope(&x[1], &cos, &sin)?);
+        let [dq, dk, dv] = attention.input_grads(&q, &k, &x[2], &dy)?;
+        let back = sin.neg()?;
+        let unrope = |g: Tensor| candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &back);
+        Ok(vec![Some(unrope(dq)?), Some(unrope(dk)?), Some(dv)])
+    };
+    q.apply_op3(
+        k,
+        v,
+        InputOnly {
+            name: "rotary-attention",
+            value: Mutex::new(Some(value)),
             input_grads: Box::new(input_grads),
         },
     )
+}
+
+/// (batch, heads, seq, d) → (batch, seq, heads·d).
+pub fn merge_heads(y: &Tensor) -> Result<Tensor> {
+    let (b, heads, t, d) = y.dims4()?;
+    y.transpose(1, 2)?.reshape((b, t, heads * d))
+}
+
+/// The blocked causal attention of [`causal_attention`], apart from the graph: its value and
+/// its input gradients, given q, k, v (and the output's gradient) outside any graph.
+struct CausalAttention {
+    blocks: Vec<CausalBlock>,
+    batch: usize,
+    kv_heads: usize,
+    groups: usize,
+    seq: usize,
+    head_dim: usize,
+}
+
+impl CausalAttention {
+    fn new(q: &Tensor, k: &Tensor, scale: f64, block: usize) -> Result<Self> {
+        let (batch, heads, seq, head_dim) = q.dims4()?;
+        let kv_heads = k.dim(1)?;
+        let blocks = (0..seq)
+            .step_by(block.max(1))
+            .map(|start| CausalBlock {
+                start,
+                rows: block.max(1).min(seq - start),
+                scale,
+            })
+            .collect();
+        Ok(Self {
+            blocks,
+            batch,
+            kv_heads,
+            groups: heads / kv_heads,
+            seq,
+            head_dim,
+        })
+    }
+
+    /// Rows `start..start + rows` of x, grouped under their key/value head:
+    /// (batch, kv_heads, groups·rows, d).
+    fn rows_of(&self, x: &Tensor, start: usize, rows: usize) -> Result<Tensor> {
+        let (b, kv, d) = (self.batch, self.kv_heads, self.head_dim);
+        x.reshape((b, kv, self.groups, self.seq, d))?
+            .narrow(3, start, rows)?
+            .contiguous()?
+            .reshape((b, kv, self.groups * rows, d))
+    }
+
+    /// softmax(q·kᵀ·scale + mask) of one block, (batch, kv_heads, groups·rows, start + rows).
+    fn probs(&self, q: &Tensor, k: &Tensor, block: &CausalBlock) -> Result<Tensor> {
+        let end = block.start + block.rows;
+        let scores = matmul(
+            &self.rows_of(q, block.start, block.rows)?,
+            &k.narrow(2, 0, end)?.t()?,
+        )?;
+        block.softmax(scores)
+    }
+
+    /// (batch, heads, seq, d).
+    fn value(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let outputs = self
+            .blocks
+            .iter()
+            .map(|block| {
+                matmul(
+                    &self.probs(&q, &k, block)?,
+                    &v.narrow(2, 0, block.start + block.rows)?,
+                )?
+                .reshape((
+                    self.batch,
+                    self.kv_heads,
+                    self.groups,
+                    block.rows,
+                    self.head_dim,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&outputs, 3)?.reshape((
+            self.batch,
+            self.kv_heads * self.groups,
+            self.seq,
+            self.head_dim,
+        ))
+    }
+
+    /// dq, dk, dv from the output's gradient g, each block's probabilities recomputed.
+    fn input_grads(&self, q: &Tensor, k: &Tensor, v: &Tensor, g: &Tensor) -> Result<[Tensor; 3]> {
+        let (q, k, v, g) = (
+            q.contiguous()?,
+            k.contiguous()?,
+            v.contiguous()?,
+            g.contiguous()?,
+        );
+        let (b, t, d) = (self.batch, self.seq, self.head_dim);
+        let (mut dk, mut dv) = (k.zeros_like()?, v.zeros_like()?);
+        let mut dq = Vec::with_capacity(self.blocks.len());
+        for block in &self.blocks {
+            let (start, rows) = (block.start, block.rows);
+            let end = start + rows;
+            let p = self.probs(&q, &k, block)?;
+            let (gb, qb) = (
+                self.rows_of(&g, start, rows)?,
+                self.rows_of(&q, start, rows)?,
+            );
+            let ds = block.softmax_backward(&p, matmul(&gb, &v.narrow(2, 0, end)?.t()?)?)?;
+            dq.push(matmul(&ds, &k.narrow(2, 0, end)?)?.reshape((
+                b,
+                self.kv_heads,
+                self.groups,
+                rows,
+                d,
+            ))?);
+            dk = (dk + matmul(&ds.t()?, &qb)?.pad_with_zeros(2, 0, t - end)?)?;
+            dv = (dv + matmul(&p.t()?, &gb)?.pad_with_zeros(2, 0, t - end)?)?;
+        }
+        let dq = Tensor::cat(&dq, 3)?.reshape((b, self.kv_heads * self.groups, t, d))?;
+        Ok([dq, dk, dv])
+    }
 }
 
 /// Scaled dot-product attention under an additive `mask` (batch, 1, 1, seq, seq) of 0 and −inf,
