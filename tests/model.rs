@@ -5,10 +5,14 @@ mod common;
 use candle_core::{DType, Device, Tensor, Var};
 use common::*;
 use grasp::eval::{CausalLm, PackedRow};
+use grasp::grasp::attribution::{
+    concurrent_passes, singular_value_gradients, Batches, LayerInputs,
+};
 use grasp::grasp::svd::{thin_svd, SvdDtype};
 use grasp::model::linear::Linear;
 use grasp::model::llama::Projection;
 use grasp::model::Llama;
+use indicatif::ProgressBar;
 
 /// Logits of every golden text: last-position logits, per-position sums and argmaxes, loss.
 fn check_golden_logits(dir: &std::path::Path, golden_name: &str) {
@@ -159,6 +163,62 @@ fn singular_value_gradients_match_finite_differences() {
     }
     eprintln!("worst relative gradient error {worst:.2e}");
     assert!(worst < 1e-6, "worst relative gradient error {worst:.2e}");
+}
+
+/// dL/dS summed over batches is the same, bit for bit, with one pass at a time on a pool of
+/// two threads as with two single-threaded passes side by side.
+#[test]
+fn singular_value_gradients_do_not_depend_on_concurrent_passes() {
+    let Some(dir) = stories_dir() else {
+        return;
+    };
+    let Some(golden) = golden("stories260K.json") else {
+        return;
+    };
+    let mut model = load(&dir, DType::F32).model;
+    let targets = [Projection::Gate, Projection::Up, Projection::Down];
+    to_svd(&mut model, 1, &targets);
+    let ids: Vec<Tensor> = golden["bi_windows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .take(4)
+        .map(|w| {
+            Tensor::new(u32s(w).as_slice(), &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap()
+        })
+        .collect();
+    let batches = Batches { ids };
+    let inputs = LayerInputs::collect(&model, &batches, &[1], None)
+        .unwrap()
+        .take(1)
+        .unwrap();
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let passes = concurrent_passes(&model, 1, &batches);
+            let g = singular_value_gradients(
+                &model,
+                1,
+                &targets,
+                &batches,
+                &inputs,
+                &ProgressBar::hidden(),
+            )
+            .unwrap();
+            (passes, g.grads, g.loss_mean)
+        })
+    };
+    let (one, serial, serial_loss) = run(1);
+    let (two, parallel, parallel_loss) = run(2);
+    assert_eq!((one, two), (1, 2), "passes at once on 1 and 2 threads");
+    assert_eq!(serial, parallel);
+    assert_eq!(serial_loss, parallel_loss);
 }
 
 /// Every S in the first and last layer gets a gradient (the fused kernels would give None).

@@ -59,7 +59,8 @@ fn cpu_f32(a: &Tensor, b: &Tensor) -> Result<Option<Tensor>> {
     let (a_offsets, b_offsets) = (matrix_offsets(a_layout), matrix_offsets(b_layout));
     let (a_rs, a_cs) = (a_layout.stride()[rank - 2], a_layout.stride()[rank - 1]);
     let (b_rs, b_cs) = (b_layout.stride()[rank - 2], b_layout.stride()[rank - 1]);
-    let threads = candle_core::utils::get_num_threads();
+    // The pool this runs in: one thread inside a single-threaded gradient pass.
+    let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
