@@ -200,61 +200,87 @@ fn frozen_projection(out: usize, inp: usize, factorized: bool, dtype: DType) -> 
     }
 }
 
-/// Gate and up are the two halves of one input, as for silu_mul.
+/// RMSNorm from candle's differentiable ops.
+fn composed_rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let r = (x.sqr()?.mean_keepdim(D::Minus1)? + eps)?.sqrt()?.recip()?;
+    x.broadcast_mul(&r)?.broadcast_mul(weight)
+}
+
+/// A residual block of `hidden` features: its norm's weight, and the block as one op
+/// (`frozen_residual` around `branch`) and composed (`x + composed(rms_norm(x))`).
+fn residual_case(
+    dtype: DType,
+    shape: &[usize],
+    branch: impl Fn(&Tensor) -> Result<(Tensor, ops::BranchBackward)> + 'static,
+    composed: impl Fn(&Tensor) -> Result<Tensor> + 'static,
+) -> Case {
+    let norm = (randn(&[shape[shape.len() - 1]], dtype) + 1.0).unwrap();
+    let norm2 = norm.clone();
+    let eps = 1e-5;
+    Case {
+        x: randn(shape, dtype),
+        fast: Box::new(move |x| ops::frozen_residual(x, &norm, eps, &branch)),
+        composed: Box::new(move |x| x + composed(&composed_rms_norm(x, &norm2, eps)?)?),
+    }
+}
+
+/// x + down(silu(gate(h))·up(h)), h = rms_norm(x), over 8 features and 16 intermediate ones.
 #[test]
-fn gated_projection_matches_finite_differences_and_the_composed_form() {
+fn frozen_mlp_block_matches_finite_differences_and_the_composed_form() {
     for factorized in [false, true] {
         check(|dtype| {
-            let down = frozen_projection(6, 16, factorized, dtype);
-            let down2 = down.clone();
-            Case {
-                x: (randn(&[2, 3, 5, 16], dtype) * 3.0).unwrap(),
-                fast: Box::new(move |x| ops::gated_projection(&x.get(0)?, &x.get(1)?, &down)),
-                composed: Box::new(move |x| {
-                    down2.forward(&(candle_nn::ops::silu(&x.get(0)?)? * x.get(1)?)?)
-                }),
-            }
+            let gate = frozen_projection(16, 8, factorized, dtype);
+            let up = frozen_projection(16, 8, !factorized, dtype);
+            let down = frozen_projection(8, 16, factorized, dtype);
+            let (gate2, up2, down2) = (gate.clone(), up.clone(), down.clone());
+            residual_case(
+                dtype,
+                &[2, 5, 8],
+                move |h| ops::frozen_mlp(h, &gate, &up, &down),
+                move |h| {
+                    let act = (candle_nn::ops::silu(&gate2.forward(h)?)? * up2.forward(h)?)?;
+                    down2.forward(&act)
+                },
+            )
         });
     }
 }
 
-/// q, k and v before rope (4 query heads over 2 key/value heads, 8 positions in blocks of 3),
-/// then the output projection, against rope_slow, the composed attention and a plain matmul;
-/// checked with respect to each of q, k and v.
+/// x + o(attention(rope(q(h)), rope(k(h)), v(h))), h = rms_norm(x): 16 features, 4 query
+/// heads over 2 key/value heads of 4 dimensions, 8 positions in query blocks of 3; against
+/// rope_slow and the composed attention.
 #[test]
-fn rotary_attention_matches_finite_differences_and_the_composed_form() {
-    for (which, factorized) in [(0, false), (1, true), (2, false), (0, true)] {
+fn frozen_attention_block_matches_finite_differences_and_the_composed_form() {
+    for factorized in [false, true] {
         check(|dtype| {
             let (t, d) = (8, 4);
             let angles = randn(&[t, d / 2], DType::F64);
             let cos = angles.cos().unwrap().to_dtype(dtype).unwrap();
             let sin = angles.sin().unwrap().to_dtype(dtype).unwrap();
-            let out = frozen_projection(5, 4 * d, factorized, dtype);
-            let qkv = [
-                randn(&[1, 4, t, d], dtype),
-                randn(&[1, 2, t, d], dtype),
-                randn(&[1, 2, t, d], dtype),
+            let projections = [
+                frozen_projection(4 * d, 16, factorized, dtype),
+                frozen_projection(2 * d, 16, !factorized, dtype),
+                frozen_projection(2 * d, 16, factorized, dtype),
+                frozen_projection(16, 4 * d, !factorized, dtype),
             ];
-            let with = move |fixed: &[Tensor; 3], x: &Tensor| {
-                let mut args = fixed.clone();
-                args[which] = x.clone();
-                args
-            };
-            let (fixed, fixed2) = (qkv.clone(), qkv.clone());
-            let (cos2, sin2, out2) = (cos.clone(), sin.clone(), out.clone());
-            Case {
-                x: qkv[which].clone(),
-                fast: Box::new(move |x| {
-                    let [q, k, v] = with(&fixed, x);
-                    ops::rotary_attention(&q, &k, &v, &cos, &sin, 0.5, 3, &out)
-                }),
-                composed: Box::new(move |x| {
-                    let [q, k, v] = with(&fixed2, x);
-                    let q = candle_nn::rotary_emb::rope_slow(&q, &cos2, &sin2)?;
-                    let k = candle_nn::rotary_emb::rope_slow(&k, &cos2, &sin2)?;
-                    out2.forward(&ops::merge_heads(&composed_attention(&q, &k, &v, 0.5)?)?)
-                }),
-            }
+            let [q2, k2, v2, o2] = projections.clone();
+            let (cos2, sin2) = (cos.clone(), sin.clone());
+            residual_case(
+                dtype,
+                &[2, t, 16],
+                move |h| {
+                    let [q, k, v, o] = &projections;
+                    ops::frozen_attention(h, [q, k, v, o], 4, 2, &cos, &sin, 3)
+                },
+                move |h| {
+                    let split = |y: Tensor, n: usize| y.reshape((2, t, n, d))?.transpose(1, 2);
+                    let q = split(q2.forward(h)?, 4)?;
+                    let (k, v) = (split(k2.forward(h)?, 2)?, split(v2.forward(h)?, 2)?);
+                    let q = candle_nn::rotary_emb::rope_slow(&q.contiguous()?, &cos2, &sin2)?;
+                    let k = candle_nn::rotary_emb::rope_slow(&k.contiguous()?, &cos2, &sin2)?;
+                    o2.forward(&ops::merge_heads(&composed_attention(&q, &k, &v, 0.5)?)?)
+                },
+            )
         });
     }
 }

@@ -270,16 +270,21 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     };
     let weight = weight.clone();
     with_input_grad("rms-norm", x, value, move |x, _, g| {
-        if let Some(dx) = kernels::rms_norm_backward(x, g, &weight, eps)? {
-            return Ok(dx);
-        }
-        let xf = at_least_f32(x)?;
-        let gw = at_least_f32(g)?.broadcast_mul(&at_least_f32(&weight)?)?;
-        let r = inv_rms(&xf, eps)?;
-        let gwx = (&gw * &xf)?.mean_keepdim(D::Minus1)?;
-        let dx = (gw.broadcast_mul(&r)? - xf.broadcast_mul(&(r.powf(3.0)? * gwx)?)?)?;
-        dx.to_dtype(x.dtype())
+        rms_norm_input_grad(x, g, &weight, eps)
     })
+}
+
+/// The backward of [`rms_norm`]: g·w·r − x·r³·mean(g·w·x), in at least f32.
+fn rms_norm_input_grad(x: &Tensor, g: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    if let Some(dx) = kernels::rms_norm_backward(x, g, weight, eps)? {
+        return Ok(dx);
+    }
+    let xf = at_least_f32(x)?;
+    let gw = at_least_f32(g)?.broadcast_mul(&at_least_f32(weight)?)?;
+    let r = inv_rms(&xf, eps)?;
+    let gwx = (&gw * &xf)?.mean_keepdim(D::Minus1)?;
+    let dx = (gw.broadcast_mul(&r)? - xf.broadcast_mul(&(r.powf(3.0)? * gwx)?)?)?;
+    dx.to_dtype(x.dtype())
 }
 
 /// The gated activation of Llama's MLP, silu(gate)·up. As candle's ops, the graph would keep
@@ -296,30 +301,9 @@ pub fn silu_mul(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
         InputOnly {
             name: "silu-mul",
             value: Mutex::new(Some(value)),
-            input_grads: Box::new(|x, _, g| silu_mul_input_grads(g, &x[0], &x[1])),
-        },
-    )
-}
-
-/// down(silu(gate)·up), Llama's MLP after its gate and up projections. With `down` frozen the
-/// graph keeps only gate and up: their product, the largest tensor of a layer after them,
-/// is the input only `down`'s weight gradient would need.
-pub fn gated_projection(gate: &Tensor, up: &Tensor, down: &Linear) -> Result<Tensor> {
-    if !down.is_frozen() {
-        return down.forward(&silu_mul(gate, up)?);
-    }
-    let value = down.forward(&silu_mul_value(&gate.detach(), &up.detach())?)?;
-    if !gate.track_op() && !up.track_op() {
-        return Ok(value);
-    }
-    let down = down.clone();
-    gate.apply_op2(
-        up,
-        InputOnly {
-            name: "gated-projection",
-            value: Mutex::new(Some(value)),
-            input_grads: Box::new(move |x, _, g| {
-                silu_mul_input_grads(&down.input_grad(g)?, &x[0], &x[1])
+            input_grads: Box::new(|x, _, g| {
+                let (d_gate, d_up) = silu_mul_input_grads(g, &x[0], &x[1])?;
+                Ok(vec![Some(d_gate), Some(d_up)])
             }),
         },
     )
@@ -333,15 +317,15 @@ fn silu_mul_value(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
 }
 
 /// d gate = g·up·σ(1 + gate(1 − σ)) and d up = g·silu(gate).
-fn silu_mul_input_grads(g: &Tensor, gate: &Tensor, up: &Tensor) -> Result<Vec<Option<Tensor>>> {
-    if let Some((d_gate, d_up)) = kernels::silu_mul_backward(g, gate, up)? {
-        return Ok(vec![Some(d_gate), Some(d_up)]);
+fn silu_mul_input_grads(g: &Tensor, gate: &Tensor, up: &Tensor) -> Result<(Tensor, Tensor)> {
+    if let Some(grads) = kernels::silu_mul_backward(g, gate, up)? {
+        return Ok(grads);
     }
     let sigmoid = candle_nn::ops::sigmoid(gate)?;
     let d_up = (g * (gate * &sigmoid)?)?;
     let slope = ((gate * (1.0 - &sigmoid)?)? + 1.0)?;
     let d_gate = ((g * up)? * (sigmoid * slope)?)?;
-    Ok(vec![Some(d_gate), Some(d_up)])
+    Ok((d_gate, d_up))
 }
 
 /// Rotary position embedding in the non-interleaved (rotate-half) layout of HF checkpoints.
@@ -398,61 +382,93 @@ pub fn causal_attention(
     )
 }
 
-/// A self-attention block after its q, k and v projections: `out` applied to the causal
-/// attention of rope(q), rope(k) and v, heads merged back into (batch, seq, heads·d). q, k, v
-/// are as in [`causal_attention`], before rope.
-///
-/// With `out` frozen this is one node of the graph, which keeps q, k and v alone: rope is
-/// redone in the backward, and the attention output, which only `out`'s weight gradient would
-/// need, is never kept (as separate ops, the graph would hold q and k twice and the output
-/// twice, in both head layouts).
+/// The backward of a residual branch, saved by its forward: maps the gradient of the branch's
+/// output to that of its (normed) input.
+pub type BranchBackward = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
+
+/// x + branch(rms_norm(x)), one of a decoder layer's two residual blocks, for a branch whose
+/// weights and `norm` are all frozen, as one node of the graph: it keeps x and what the
+/// branch's backward saved. As separate ops the graph would also keep the normed input and the
+/// branch's output, two hidden-size tensors that only weight gradients need.
+pub fn frozen_residual(
+    x: &Tensor,
+    norm: &Tensor,
+    eps: f64,
+    branch: impl FnOnce(&Tensor) -> Result<(Tensor, BranchBackward)>,
+) -> Result<Tensor> {
+    if norm.track_op() {
+        candle_core::bail!("frozen-residual: the norm's weight is trainable");
+    }
+    let x_value = x.detach();
+    let (y, backward) = branch(&rms_norm(&x_value, norm, eps)?)?;
+    let value = (&x_value + y)?;
+    let norm = norm.clone();
+    with_input_grad("frozen-residual", x, value, move |x, _, g| {
+        g + rms_norm_input_grad(x, &backward(g)?, &norm, eps)?
+    })
+}
+
+/// Llama's self-attention on normed input h (batch, seq, hidden) with frozen projections
+/// `[q, k, v, o]`, for [`frozen_residual`]: o applied to the causal attention of rope(q),
+/// rope(k) and v over `heads` query and `kv_heads` key/value heads. The backward keeps q, k
+/// and v alone, before rope, and redoes rope and each block's probabilities.
 #[allow(clippy::too_many_arguments)]
-pub fn rotary_attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
+pub fn frozen_attention(
+    h: &Tensor,
+    [q_proj, k_proj, v_proj, o_proj]: [&Linear; 4],
+    heads: usize,
+    kv_heads: usize,
     cos: &Tensor,
     sin: &Tensor,
-    scale: f64,
     block: usize,
-    out: &Linear,
-) -> Result<Tensor> {
-    if !out.is_frozen() || cos.track_op() || sin.track_op() {
-        let y = causal_attention(&rope(q, cos, sin)?, &rope(k, cos, sin)?, v, scale, block)?;
-        return out.forward(&merge_heads(&y)?);
-    }
-    let attention = CausalAttention::new(q, k, scale, block)?;
-    let y = attention.value(
-        &rope(&q.detach(), cos, sin)?,
-        &rope(&k.detach(), cos, sin)?,
-        &v.detach(),
-    )?;
-    let value = out.forward(&merge_heads(&y)?)?;
-    if !(q.track_op() || k.track_op() || v.track_op()) {
-        return Ok(value);
-    }
-    let (out, cos, sin) = (out.clone(), cos.clone(), sin.clone());
-    let input_grads = move |x: &[Tensor], _: &Tensor, g: &Tensor| -> Result<Vec<Option<Tensor>>> {
-        let (b, heads, t, d) = x[0].dims4()?;
-        let dy = out
+) -> Result<(Tensor, BranchBackward)> {
+    let (b, t, _) = h.dims3()?;
+    let split = |y: Tensor, n: usize| -> Result<Tensor> {
+        let d = y.dim(2)? / n;
+        y.reshape((b, t, n, d))?.transpose(1, 2)
+    };
+    let q = split(q_proj.forward(h)?, heads)?;
+    let k = split(k_proj.forward(h)?, kv_heads)?;
+    let v = split(v_proj.forward(h)?, kv_heads)?;
+    let d = q.dim(3)?;
+    let attention = CausalAttention::new(&q, &k, 1.0 / (d as f64).sqrt(), block)?;
+    let y = attention.value(&rope(&q, cos, sin)?, &rope(&k, cos, sin)?, &v)?;
+    let value = o_proj.forward(&merge_heads(&y)?)?;
+    let [q_proj, k_proj, v_proj, o_proj] = [q_proj, k_proj, v_proj, o_proj].map(Linear::clone);
+    let (cos, sin) = (cos.clone(), sin.clone());
+    let backward = move |g: &Tensor| -> Result<Tensor> {
+        let dy = o_proj
             .input_grad(g)?
             .reshape((b, t, heads, d))?
             .transpose(1, 2)?;
-        let (q, k) = (rope(&x[0], &cos, &sin)?, rope(&x[1], &cos, &sin)?);
-        let [dq, dk, dv] = attention.input_grads(&q, &k, &x[2], &dy)?;
+        let (q_roped, k_roped) = (rope(&q, &cos, &sin)?, rope(&k, &cos, &sin)?);
+        let [dq, dk, dv] = attention.input_grads(&q_roped, &k_roped, &v, &dy)?;
         let back = sin.neg()?;
-        let unrope = |g: Tensor| candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &back);
-        Ok(vec![Some(unrope(dq)?), Some(unrope(dk)?), Some(dv)])
+        let unrope = |g: Tensor| -> Result<Tensor> {
+            merge_heads(&candle_nn::rotary_emb::rope(&g.contiguous()?, &cos, &back)?)
+        };
+        let dh = (q_proj.input_grad(&unrope(dq)?)? + k_proj.input_grad(&unrope(dk)?)?)?;
+        dh + v_proj.input_grad(&merge_heads(&dv)?)?
     };
-    q.apply_op3(
-        k,
-        v,
-        InputOnly {
-            name: "rotary-attention",
-            value: Mutex::new(Some(value)),
-            input_grads: Box::new(input_grads),
-        },
-    )
+    Ok((value, Box::new(backward)))
+}
+
+/// Llama's MLP down(silu(gate(h))·up(h)) with frozen projections, for [`frozen_residual`]:
+/// the backward keeps gate(h) and up(h) alone.
+pub fn frozen_mlp(
+    h: &Tensor,
+    gate_proj: &Linear,
+    up_proj: &Linear,
+    down_proj: &Linear,
+) -> Result<(Tensor, BranchBackward)> {
+    let (gate, up) = (gate_proj.forward(h)?, up_proj.forward(h)?);
+    let value = down_proj.forward(&silu_mul_value(&gate, &up)?)?;
+    let [gate_proj, up_proj, down_proj] = [gate_proj, up_proj, down_proj].map(Linear::clone);
+    let backward = move |g: &Tensor| -> Result<Tensor> {
+        let (d_gate, d_up) = silu_mul_input_grads(&down_proj.input_grad(g)?, &gate, &up)?;
+        gate_proj.input_grad(&d_gate)? + up_proj.input_grad(&d_up)?
+    };
+    Ok((value, Box::new(backward)))
 }
 
 /// (batch, heads, seq, d) → (batch, seq, heads·d).
