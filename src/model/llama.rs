@@ -195,13 +195,9 @@ impl Attention {
         sin: &Tensor,
         mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, t, _) = x.dims3()?;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            y.reshape((b, t, n, self.head_dim))?.transpose(1, 2)
-        };
-        let q = heads(self.q_proj.forward(x)?, self.num_heads)?;
-        let k = heads(self.k_proj.forward(x)?, self.num_kv_heads)?;
-        let v = heads(self.v_proj.forward(x)?, self.num_kv_heads)?;
+        let q = ops::split_heads(&self.q_proj.forward(x)?, self.num_heads)?;
+        let k = ops::split_heads(&self.k_proj.forward(x)?, self.num_kv_heads)?;
+        let v = ops::split_heads(&self.v_proj.forward(x)?, self.num_kv_heads)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k) = (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?);
         let y = match mask {

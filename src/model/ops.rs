@@ -422,15 +422,10 @@ pub fn frozen_attention(
     sin: &Tensor,
     block: usize,
 ) -> Result<(Tensor, BranchBackward)> {
-    let (b, t, _) = h.dims3()?;
-    let split = |y: Tensor, n: usize| -> Result<Tensor> {
-        let d = y.dim(2)? / n;
-        y.reshape((b, t, n, d))?.transpose(1, 2)
-    };
-    let q = split(q_proj.forward(h)?, heads)?;
-    let k = split(k_proj.forward(h)?, kv_heads)?;
-    let v = split(v_proj.forward(h)?, kv_heads)?;
-    let d = q.dim(3)?;
+    let q = split_heads(&q_proj.forward(h)?, heads)?;
+    let k = split_heads(&k_proj.forward(h)?, kv_heads)?;
+    let v = split_heads(&v_proj.forward(h)?, kv_heads)?;
+    let (b, _, t, d) = q.dims4()?;
     let attention = CausalAttention::new(&q, &k, 1.0 / (d as f64).sqrt(), block)?;
     let y = attention.value(&rope(&q, cos, sin)?, &rope(&k, cos, sin)?, &v)?;
     let value = o_proj.forward(&merge_heads(&y)?)?;
@@ -469,6 +464,12 @@ pub fn frozen_mlp(
         gate_proj.input_grad(&d_gate)? + up_proj.input_grad(&d_up)?
     };
     Ok((value, Box::new(backward)))
+}
+
+/// (batch, seq, heads·d) → (batch, heads, seq, d).
+pub fn split_heads(y: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, t, features) = y.dims3()?;
+    y.reshape((b, t, heads, features / heads))?.transpose(1, 2)
 }
 
 /// (batch, heads, seq, d) → (batch, seq, heads·d).
@@ -540,22 +541,22 @@ impl CausalAttention {
                 matmul(
                     &self.probs(&q, &k, block)?,
                     &v.narrow(2, 0, block.start + block.rows)?,
-                )?
-                .reshape((
-                    self.batch,
-                    self.kv_heads,
-                    self.groups,
-                    block.rows,
-                    self.head_dim,
-                ))
+                )
             })
             .collect::<Result<Vec<_>>>()?;
-        Tensor::cat(&outputs, 3)?.reshape((
-            self.batch,
-            self.kv_heads * self.groups,
-            self.seq,
-            self.head_dim,
-        ))
+        self.join_blocks(&outputs)
+    }
+
+    /// The inverse of [`Self::rows_of`] over all blocks: each block's (batch, kv_heads,
+    /// groups·rows, d) rows back into one (batch, heads, seq, d) tensor.
+    fn join_blocks(&self, rows: &[Tensor]) -> Result<Tensor> {
+        let (b, kv, d) = (self.batch, self.kv_heads, self.head_dim);
+        let grouped = rows
+            .iter()
+            .zip(&self.blocks)
+            .map(|(x, block)| x.reshape((b, kv, self.groups, block.rows, d)))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&grouped, 3)?.reshape((b, kv * self.groups, self.seq, d))
     }
 
     /// dq, dk, dv from the output's gradient g, each block's probabilities recomputed.
@@ -566,7 +567,7 @@ impl CausalAttention {
             v.contiguous()?,
             g.contiguous()?,
         );
-        let (b, t, d) = (self.batch, self.seq, self.head_dim);
+        let t = self.seq;
         let (mut dk, mut dv) = (k.zeros_like()?, v.zeros_like()?);
         let mut dq = Vec::with_capacity(self.blocks.len());
         for block in &self.blocks {
@@ -578,18 +579,11 @@ impl CausalAttention {
                 self.rows_of(&q, start, rows)?,
             );
             let ds = block.softmax_backward(&p, matmul(&gb, &v.narrow(2, 0, end)?.t()?)?)?;
-            dq.push(matmul(&ds, &k.narrow(2, 0, end)?)?.reshape((
-                b,
-                self.kv_heads,
-                self.groups,
-                rows,
-                d,
-            ))?);
+            dq.push(matmul(&ds, &k.narrow(2, 0, end)?)?);
             dk = (dk + matmul(&ds.t()?, &qb)?.pad_with_zeros(2, 0, t - end)?)?;
             dv = (dv + matmul(&p.t()?, &gb)?.pad_with_zeros(2, 0, t - end)?)?;
         }
-        let dq = Tensor::cat(&dq, 3)?.reshape((b, self.kv_heads * self.groups, t, d))?;
-        Ok([dq, dk, dv])
+        Ok([self.join_blocks(&dq)?, dk, dv])
     }
 }
 
