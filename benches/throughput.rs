@@ -69,7 +69,7 @@ fn main() -> anyhow::Result<()> {
     let mut b_total = 0.0;
     for _ in 0..reps {
         let t = Instant::now();
-        let loss = model.next_token_loss_from(layer, &input, &ids)?;
+        let loss = model.next_token_loss_from(layer, &input, &ids, 1)?;
         let f = t.elapsed().as_secs_f64();
         let t = Instant::now();
         loss.backward()?;

@@ -1,5 +1,8 @@
 //! Where and in what precision the work runs: device and dtype parsing, threads, memory use.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 
@@ -148,4 +151,52 @@ pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
         let _ = path;
         None
     }
+}
+
+/// `job(0..jobs)` on `workers` threads, each job on one thread with a one-thread rayon pool
+/// of its own, so that the GEMMs and kernels inside it run serially; results in job order.
+/// After a failure, no new job starts and the first error is returned.
+pub fn single_threaded_in_parallel<T: Send>(
+    jobs: usize,
+    workers: usize,
+    job: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    let next = AtomicUsize::new(0);
+    let failed = AtomicBool::new(false);
+    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..jobs).map(|_| None).collect());
+    let work = || -> Result<()> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .context("cannot start a gradient-pass thread")?;
+        pool.install(|| loop {
+            let n = next.fetch_add(1, Ordering::Relaxed);
+            if n >= jobs || failed.load(Ordering::Relaxed) {
+                return Ok(());
+            }
+            match job(n) {
+                Ok(r) => results.lock().unwrap_or_else(PoisonError::into_inner)[n] = Some(r),
+                Err(e) => {
+                    failed.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+            }
+        })
+    };
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a gradient-pass thread panicked"))
+            })
+            .collect::<Result<Vec<()>>>()
+    })?;
+    results
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+        .into_iter()
+        .map(|r| r.context("a gradient pass did not run"))
+        .collect()
 }

@@ -8,10 +8,13 @@ use candle_core::{DType, Device};
 use common::*;
 use grasp::data::calibration::Calibration;
 use grasp::grasp::attribution::{Batches, InputCollector};
-use grasp::grasp::compress::{compress_layers, CompressOptions, InputCache, Method};
+use grasp::grasp::compress::{
+    compress_layers, CollectedInputs, CompressOptions, InputCache, Method,
+};
 use grasp::grasp::influence::block_influence;
 use grasp::grasp::selection::{Metric, RankRule};
 use grasp::grasp::svd::SvdDtype;
+use grasp::model::linear::Linear;
 use grasp::model::llama::{Block, Projection};
 use indicatif::ProgressBar;
 
@@ -148,7 +151,15 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str)
         .iter()
         .map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap())
         .collect();
-    let result = compress_layers(&mut model, &chosen, &Batches { ids }, &opts, collected).unwrap();
+    let batches = Batches {
+        ids,
+        label_shift: 1,
+    };
+    let collected = match collected {
+        Some(inputs) => CollectedInputs::Owned(inputs),
+        None => CollectedInputs::None,
+    };
+    let result = compress_layers(&mut model, &chosen, &batches, &opts, collected).unwrap();
     assert_eq!(result.layer_inputs, inputs.trim_start_matches("bi-"));
 
     let mut worst_grad = 0f64;
@@ -250,4 +261,134 @@ fn smollm2_grasp_taylor_ratio_matches_the_reference() {
             "bi-disk",
         );
     }
+}
+
+/// GRASP options over all seven projections at `ratio`.
+fn all_targets(method: Method, ratio: f64) -> CompressOptions {
+    let targets = |block| {
+        Projection::ALL
+            .into_iter()
+            .filter(|p| p.block() == block)
+            .collect()
+    };
+    CompressOptions {
+        method,
+        metric: Metric::Taylor,
+        rule: RankRule::Ratio(ratio),
+        mlp_targets: targets(Block::Mlp),
+        attn_targets: targets(Block::Attention),
+        svd_dtype: SvdDtype::F64,
+        input_cache: InputCache {
+            memory_budget: usize::MAX,
+            disk_dir: None,
+        },
+    }
+}
+
+/// Mean over the batches of each batch's mean next-token loss, by full forward passes.
+fn mean_loss(model: &grasp::model::Llama, batches: &Batches) -> f64 {
+    let sum: f64 = batches
+        .ids
+        .iter()
+        .map(|ids| {
+            model
+                .next_token_loss(ids)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap() as f64
+        })
+        .sum();
+    sum / batches.ids.len() as f64
+}
+
+/// The hybrid guard removes a layer exactly where removal gives the lower calibration loss,
+/// reports the losses of the two models it compared, and otherwise leaves GRASP's result.
+#[test]
+fn hybrid_guard_removes_a_harmful_layer_and_keeps_a_useful_one() {
+    let (Some(dir), Some(golden)) = (stories_dir(), golden("stories260K.json")) else {
+        return;
+    };
+    let mut dense = load(&dir, DType::F32).model;
+    // Layer 3's MLP output blown up 30×: a layer that does more harm than its absence, below
+    // one that GRASP compresses well.
+    let Linear::Dense { weight, .. } = &mut dense.layers[3].mlp.down_proj else {
+        panic!("the checkpoint's down_proj is not dense");
+    };
+    *weight = (&*weight * 30.0).unwrap();
+    let calib = golden_calibration(&golden);
+    let batches = Batches::new(&calib, 2, &Device::Cpu).unwrap();
+
+    let mut hybrid = dense.clone();
+    let opts = all_targets(Method::Hybrid, 0.5);
+    let c = compress_layers(&mut hybrid, &[3, 4], &batches, &opts, CollectedInputs::None).unwrap();
+    let decisions: Vec<(usize, bool)> = c.guard.iter().map(|d| (d.layer, d.removed)).collect();
+    assert_eq!(decisions, [(4, false), (3, true)]);
+    assert_eq!(hybrid.num_layers(), 4);
+    assert_eq!(hybrid.config.num_hidden_layers, 4);
+    let close = |a: f64, b: f64| (a - b).abs() < 1e-5 * b;
+
+    // Layer 4 first: its losses are those of plain GRASP on it, and of deleting it.
+    let mut grasp_4 = dense.clone();
+    let g = compress_layers(
+        &mut grasp_4,
+        &[4],
+        &batches,
+        &all_targets(Method::Grasp, 0.5),
+        CollectedInputs::None,
+    )
+    .unwrap();
+    assert!(g.guard.is_empty());
+    assert_eq!(grasp_4.num_layers(), 5);
+    let mut without_4 = dense.clone();
+    without_4.remove_layers(&[4]);
+    let (d4, d3) = (&c.guard[0], &c.guard[1]);
+    assert!(
+        close(d4.compressed_loss, mean_loss(&grasp_4, &batches)),
+        "{d4:?}"
+    );
+    assert!(
+        close(d4.removed_loss, mean_loss(&without_4, &batches)),
+        "{d4:?}"
+    );
+    assert!(d4.compressed_loss < d4.removed_loss);
+    // Then layer 3, with layer 4 compressed: removing it gives the final model.
+    assert!(
+        close(d3.removed_loss, mean_loss(&hybrid, &batches)),
+        "{d3:?}"
+    );
+    assert!(d3.removed_loss < d3.compressed_loss);
+}
+
+/// With a shift of N, the calibration loss scores position t against token t + N: checked
+/// against the log-probabilities of a full forward pass.
+#[test]
+fn label_shift_scores_the_token_that_many_positions_ahead() {
+    let Some(dir) = stories_dir() else {
+        return;
+    };
+    let model = load(&dir, DType::F32).model;
+    let ids =
+        candle_core::Tensor::new(&[[1u32, 50, 60, 70, 80, 90, 100, 110]], &Device::Cpu).unwrap();
+    let logits = model.forward(&ids).unwrap();
+    let log_probs = candle_nn::ops::log_softmax(&logits, 2).unwrap();
+    let lp: Vec<Vec<f32>> = log_probs.squeeze(0).unwrap().to_vec2().unwrap();
+    let row: Vec<u32> = ids.squeeze(0).unwrap().to_vec1().unwrap();
+    for shift in [1usize, 2, 3] {
+        let want = -(0..row.len() - shift)
+            .map(|t| lp[t][row[t + shift] as usize] as f64)
+            .sum::<f64>()
+            / (row.len() - shift) as f64;
+        let got = model
+            .next_token_loss_from(0, &model.embed(&ids).unwrap(), &ids, shift)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap() as f64;
+        assert!(
+            (got - want).abs() < 1e-5 * want,
+            "shift {shift}: {got} vs {want}"
+        );
+    }
+    assert!(model
+        .next_token_loss_from(0, &model.embed(&ids).unwrap(), &ids, 8)
+        .is_err());
 }

@@ -190,7 +190,10 @@ fn singular_value_gradients_do_not_depend_on_concurrent_passes() {
                 .unwrap()
         })
         .collect();
-    let batches = Batches { ids };
+    let batches = Batches {
+        ids,
+        label_shift: 1,
+    };
     let inputs = LayerInputs::collect(&model, &batches, &[1], None)
         .unwrap()
         .take(1)

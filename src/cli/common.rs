@@ -45,6 +45,11 @@ pub struct CalibrationArgs {
     /// random: draw windows with --seed; sequential: the first windows in order.
     #[arg(long, value_enum, default_value = "random")]
     pub sampling: crate::data::calibration::Sampling,
+    /// Score position t against token t+N in the calibration loss. 1 is the ordinary
+    /// next-token loss; 2 reproduces the official GRASP loader, whose labels are shifted once
+    /// by the data collator and again by the model (a paper-reproduction switch).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub label_shift: u64,
 }
 
 impl CalibrationArgs {
@@ -73,6 +78,17 @@ impl CalibrationArgs {
             sampling: self.sampling,
         };
         load_calibration(&spec, tokenizer)
+    }
+
+    /// `calib` as the gradient passes take it: batches on `device`, with --label-shift.
+    pub fn batches(
+        &self,
+        calib: &crate::data::calibration::Calibration,
+        device: &candle_core::Device,
+    ) -> anyhow::Result<crate::grasp::attribution::Batches> {
+        let mut batches = crate::grasp::attribution::Batches::new(calib, self.batch_size, device)?;
+        batches.label_shift = self.label_shift as usize;
+        Ok(batches)
     }
 }
 

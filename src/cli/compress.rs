@@ -9,10 +9,9 @@ use serde::Serialize;
 
 use super::common::{CalibrationArgs, Log, ModelArgs};
 use super::layers::{check_num_prune_layers, print_table, score_layers};
-use crate::data::calibration::Calibration;
 use crate::grasp::attribution::{Batches, InputCollector, LayerInputs};
 use crate::grasp::compress::{
-    compress_layers, CompressOptions, Compression, InputCache, Method, Placement,
+    compress_layers, CollectedInputs, CompressOptions, Compression, InputCache, Method, Placement,
 };
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
@@ -39,7 +38,8 @@ pub struct CompressArgs {
     /// Choose a contiguous block by angular distance (last token) instead of per-layer BI.
     #[arg(long)]
     pub angular: bool,
-    /// grasp (gradient attribution), svd (largest singular values) or remove (delete layers).
+    /// grasp (gradient attribution), svd (largest singular values), remove (delete layers) or
+    /// hybrid (grasp, then remove each layer whose removal gives the lower calibration loss).
     #[arg(long, value_enum, default_value = "grasp")]
     pub method: Method,
     /// Importance of a singular value: taylor |g·S| or gradient |g|.
@@ -89,7 +89,7 @@ pub struct CompressArgs {
     pub config: Option<PathBuf>,
 }
 
-fn parse_targets(names: &[String], block: Block, flag: &str) -> Result<Vec<Projection>> {
+pub(super) fn parse_targets(names: &[String], block: Block, flag: &str) -> Result<Vec<Projection>> {
     names
         .iter()
         .map(|n| n.trim())
@@ -127,6 +127,7 @@ fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
         ),
         Method::Svd => format!("{model_name}-svd-{layers}-{rule}"),
         Method::Remove => format!("{model_name}-remove-{layers}"),
+        Method::Hybrid => format!("{model_name}-hybrid-{layers}-{rule}"),
     };
     Path::new("out").join(name)
 }
@@ -199,7 +200,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         calib.seq_len,
         calib.source
     ));
-    let batches = to_batches(&calib, args.calibration.batch_size, model.device())?;
+    let batches = args.calibration.batches(&calib, model.device())?;
     let calibration_s = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -208,7 +209,23 @@ pub fn run(args: CompressArgs) -> Result<()> {
         memory_budget: input_cache_budget(),
         disk_dir: Some(input_dir.dir().to_path_buf()),
     };
-    let mut collector = bi_pass_collector(&args, &model, &batches, &input_cache);
+    let candidates: Vec<usize> = match &args.layers {
+        Some(l) => l.clone(),
+        None => (0..n_layers).collect(),
+    };
+    let mut collector = args
+        .method
+        .uses_gradients()
+        .then(|| {
+            bi_pass_collector(
+                &candidates,
+                &model,
+                &batches,
+                &input_cache,
+                args.calibration.batch_size,
+            )
+        })
+        .flatten();
     let bi = score_layers(
         &model,
         &calib,
@@ -227,11 +244,14 @@ pub fn run(args: CompressArgs) -> Result<()> {
         (None, Some(n)) => bi.redundant_layers(n),
         (None, None) => bail!("give --num-prune-layers or --layers"),
     };
-    let collected = collector.map(|c| {
-        let mut inputs = c.finish(model.device());
-        inputs.retain(&chosen);
-        inputs
-    });
+    let collected = match collector {
+        Some(c) => {
+            let mut inputs = c.finish(model.device());
+            inputs.retain(&chosen);
+            CollectedInputs::Owned(inputs)
+        }
+        None => CollectedInputs::None,
+    };
     if args.verbose {
         print_table(&bi, &chosen);
     }
@@ -264,7 +284,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         input_cache,
     };
     let compression = compress_layers(&mut model, &chosen, &batches, &opts, collected)?;
-    for b in &compression.blocks {
+    for (i, b) in compression.blocks.iter().enumerate() {
         let loss = b
             .calib_loss_mean
             .map(|l| format!(", calibration loss {l:.4}"))
@@ -278,6 +298,22 @@ pub fn run(args: CompressArgs) -> Result<()> {
             "layer {:>3} {:<9} svd {:.1}s, gradients {:.1}s{rate}{loss}",
             b.layer, b.block, b.svd_seconds, b.gradient_seconds
         ));
+        let last_of_layer = compression
+            .blocks
+            .get(i + 1)
+            .is_none_or(|n| n.layer != b.layer);
+        let guard = compression.guard.iter().find(|d| d.layer == b.layer);
+        if let (true, Some(d)) = (last_of_layer, guard) {
+            log.info(format!(
+                "layer {:>3} guard     calibration loss {:.4} compressed, {:.4} removed: {} \
+                 ({:.1}s)",
+                d.layer,
+                d.compressed_loss,
+                d.removed_loss,
+                if d.removed { "removed" } else { "kept" },
+                d.seconds
+            ));
+        }
     }
     for m in &compression.modules {
         log.detail(format!(
@@ -287,6 +323,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     }
     let compress_s = t.elapsed().as_secs_f64();
     let params_after = model.num_params();
+    let params_merged = model.num_params_merged();
 
     let t = Instant::now();
     let form = if args.merge {
@@ -309,8 +346,13 @@ pub fn run(args: CompressArgs) -> Result<()> {
         "layer_inputs": compression.layer_inputs,
         "modules": module_map(&compression),
         "blocks": compression.blocks,
+        "guard": compression.guard,
+        "removed_layers": compression.guard.iter().filter(|d| d.removed).map(|d| d.layer).collect::<Vec<_>>(),
         "params_before": params_before,
         "params_after": params_after,
+        "params_after_factorized": params_after,
+        "params_after_merged": params_merged,
+        "params_in_output": if args.merge { params_merged } else { params_after },
         "output_form": if args.merge { "merged" } else { "factorized" },
     });
     let spinner = runtime::spinner(format!("writing {}", out.display()));
@@ -347,7 +389,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         &compression,
         &chosen,
         params_before,
-        params_after,
+        (params_after, params_merged, args.merge),
         &timings,
         &out,
     );
@@ -357,18 +399,6 @@ pub fn run(args: CompressArgs) -> Result<()> {
         weights_bytes as f64 / 1e6
     ));
     Ok(())
-}
-
-fn to_batches(
-    calib: &Calibration,
-    batch_size: usize,
-    device: &candle_core::Device,
-) -> Result<Batches> {
-    let ids = calib
-        .batches(batch_size)
-        .map(|b| Calibration::batch_tensor(b, device))
-        .collect::<candle_core::Result<Vec<_>>>()?;
-    Ok(Batches { ids })
 }
 
 /// Modules by name, as in the golden reports.
@@ -382,37 +412,27 @@ fn module_map(c: &Compression) -> serde_json::Value {
 }
 
 /// The block-influence pass computes every layer's input: on the CPU, where a forward pass is
-/// dear, it keeps the inputs of every layer GRASP may compress (memory or disk as the cache
-/// allows) so that no second pass is needed once the layers are chosen. On a GPU that pass is
-/// cheaper than moving every layer's inputs to the host, so there only the chosen layers'
-/// inputs are collected, by a pass of their own.
-fn bi_pass_collector(
-    args: &CompressArgs,
+/// dear, it keeps the inputs of every `candidates` layer GRASP may compress (memory or disk as
+/// the cache allows) so that no second pass is needed once the layers are chosen. On a GPU that
+/// pass is cheaper than moving every layer's inputs to the host, so there only the chosen
+/// layers' inputs are collected, by a pass of their own.
+pub(super) fn bi_pass_collector(
+    candidates: &[usize],
     model: &crate::model::Llama,
     batches: &Batches,
     cache: &InputCache,
+    batch_size: usize,
 ) -> Option<InputCollector> {
-    if args.method != Method::Grasp {
-        return None;
-    }
-    let candidates: Vec<usize> = match &args.layers {
-        Some(l) => l.clone(),
-        None => (0..model.num_layers()).collect(),
-    };
     let bytes = candidates.len() * LayerInputs::bytes_per_layer(model, batches);
     let disk = match cache.place(bytes) {
         Placement::Memory => None,
         Placement::Disk(dir) if model.device().is_cpu() => Some(dir),
         _ => return None,
     };
-    Some(InputCollector::new(
-        &candidates,
-        disk,
-        args.calibration.batch_size,
-    ))
+    Some(InputCollector::new(candidates, disk, batch_size))
 }
 
-fn input_cache_budget() -> usize {
+pub(super) fn input_cache_budget() -> usize {
     std::env::var("GRASP_INPUT_CACHE_MB")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -425,7 +445,7 @@ fn print_summary(
     c: &Compression,
     chosen: &[usize],
     before: usize,
-    after: usize,
+    (factorized, merged, merge): (usize, usize, bool),
     t: &Timings,
     out: &Path,
 ) {
@@ -447,11 +467,31 @@ fn print_summary(
         println!("{:>6}  {:<10} {}", b.layer, b.block, ranks.join(" "));
     }
     println!("layers {chosen:?}");
+    let removed: Vec<usize> = c
+        .guard
+        .iter()
+        .filter(|d| d.removed)
+        .map(|d| d.layer)
+        .collect();
+    if !c.guard.is_empty() {
+        println!("removed by the guard (removal gave the lower calibration loss): {removed:?}");
+    }
+    let fewer = |after: usize| 100.0 * (before - after.min(before)) as f64 / before as f64;
+    let mb = |n: usize| n as f64 / 1e6;
+    let (written, other) = if merge {
+        (("merged", merged), ("factorized", factorized))
+    } else {
+        (("factorized", factorized), ("merged", merged))
+    };
     println!(
-        "parameters {:.2}M -> {:.2}M ({:.1}% fewer)",
-        before as f64 / 1e6,
-        after as f64 / 1e6,
-        100.0 * (before - after.min(before)) as f64 / before as f64
+        "parameters {:.2}M -> {:.2}M {} ({:.1}% fewer; {:.2}M {}, {:.1}% fewer)",
+        mb(before),
+        mb(written.1),
+        written.0,
+        fewer(written.1),
+        mb(other.1),
+        other.0,
+        fewer(other.1)
     );
     println!(
         "time: load {:.1}s, calibration {:.1}s, block influence {:.1}s, compress {:.1}s, save {:.1}s, total {:.1}s",

@@ -8,40 +8,77 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use indicatif::ProgressBar;
 
+use crate::data::calibration::Calibration;
 use crate::model::linear::Linear;
 use crate::model::llama::Projection;
 use crate::model::Llama;
 use crate::runtime;
 
-/// The calibration batches as (batch, seq) id tensors on the model's device.
+/// The calibration batches as (batch, seq) id tensors on the model's device, and how far
+/// ahead the calibration loss looks for each position's target.
 pub struct Batches {
     pub ids: Vec<Tensor>,
+    /// Position t is scored against token t + `label_shift` (1: the next-token loss).
+    pub label_shift: usize,
 }
 
 impl Batches {
+    /// The next-token batches of `batch_size` windows of `calib` on `device`.
+    pub fn new(calib: &Calibration, batch_size: usize, device: &Device) -> Result<Self> {
+        let ids = calib
+            .batches(batch_size)
+            .map(|b| Calibration::batch_tensor(b, device))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(Self {
+            ids,
+            label_shift: 1,
+        })
+    }
+
     pub fn windows(&self) -> usize {
         self.ids.iter().map(|t| t.dims()[0]).sum()
+    }
+
+    /// The mean calibration loss of batch `batch` from layer `start` on, given that layer's
+    /// input.
+    pub fn loss_from(
+        &self,
+        model: &Llama,
+        start: usize,
+        batch: usize,
+        input: &Tensor,
+    ) -> Result<Tensor> {
+        Ok(model.next_token_loss_from(start, input, &self.ids[batch], self.label_shift)?)
     }
 }
 
 /// One decoder layer's input for every calibration batch, in memory or in files.
+#[derive(Clone)]
 pub enum Inputs {
     Memory(Vec<Tensor>),
-    Disk { files: Vec<PathBuf>, device: Device },
+    /// `owned`: the files are this value's to delete once its layer is done (not when several
+    /// compressions share one set of inputs).
+    Disk {
+        files: Vec<PathBuf>,
+        device: Device,
+        owned: bool,
+    },
 }
 
 impl Inputs {
-    /// Deletes the files of disk-backed inputs once their layer is done (best effort: the
-    /// scratch directory holding them is removed at the end anyway).
+    /// Deletes the files of owned disk-backed inputs once their layer is done (best effort:
+    /// the scratch directory holding them is removed at the end anyway).
     pub fn remove_files(&self) {
-        if let Inputs::Disk { files, .. } = self {
+        if let Inputs::Disk {
+            files, owned: true, ..
+        } = self
+        {
             for f in files {
                 let _ = std::fs::remove_file(f);
             }
@@ -55,7 +92,7 @@ impl Inputs {
                 .get(batch)
                 .cloned()
                 .with_context(|| format!("no cached layer input for batch {batch}")),
-            Inputs::Disk { files, device } => {
+            Inputs::Disk { files, device, .. } => {
                 let file = files
                     .get(batch)
                     .with_context(|| format!("no cached layer input for batch {batch}"))?;
@@ -129,7 +166,14 @@ impl InputCollector {
             .map(|(l, v)| (l, Inputs::Memory(v)))
             .chain(self.files.into_iter().map(|(l, files)| {
                 let device = device.clone();
-                (l, Inputs::Disk { files, device })
+                (
+                    l,
+                    Inputs::Disk {
+                        files,
+                        device,
+                        owned: true,
+                    },
+                )
             }))
             .collect();
         LayerInputs { inputs }
@@ -199,6 +243,19 @@ impl LayerInputs {
     pub fn take(&mut self, layer: usize) -> Option<Inputs> {
         self.inputs.remove(&layer)
     }
+
+    /// Layer `layer`'s inputs for one of several compressions that share them: the files stay
+    /// until this collection is dropped with [`LayerInputs::retain`] or its directory.
+    pub fn share(&self, layer: usize) -> Option<Inputs> {
+        self.inputs.get(&layer).map(|inputs| match inputs {
+            Inputs::Disk { files, device, .. } => Inputs::Disk {
+                files: files.clone(),
+                device: device.clone(),
+                owned: false,
+            },
+            memory => memory.clone(),
+        })
+    }
 }
 
 /// Gradients of one block's singular values.
@@ -235,7 +292,7 @@ pub fn singular_value_gradients(
     let done = Mutex::new((0usize, 0.0f64));
     let batch = |n: usize| -> Result<(Vec<Vec<f64>>, f64)> {
         let ids = &batches.ids[n];
-        let loss = model.next_token_loss_from(layer, &inputs.get(n)?, ids)?;
+        let loss = batches.loss_from(model, layer, n, &inputs.get(n)?)?;
         let store = loss.backward()?;
         let grads = vars
             .iter()
@@ -257,7 +314,7 @@ pub fn singular_value_gradients(
     };
     let passes = concurrent_passes(model, layer, batches);
     let per_batch = if passes > 1 {
-        single_threaded_in_parallel(batches.ids.len(), passes, batch)?
+        runtime::single_threaded_in_parallel(batches.ids.len(), passes, batch)?
     } else {
         (0..batches.ids.len()).map(batch).collect::<Result<_>>()?
     };
@@ -304,52 +361,4 @@ pub fn concurrent_passes(model: &Llama, layer: usize, batches: &Batches) -> usiz
         .min(batches.ids.len())
         .min(fit)
         .max(1)
-}
-
-/// `job(0..jobs)` on `workers` threads, each job on one thread with a one-thread rayon pool
-/// of its own, so that the GEMMs and kernels inside it run serially; results in job order.
-/// After a failure, no new job starts and the first error is returned.
-fn single_threaded_in_parallel<T: Send>(
-    jobs: usize,
-    workers: usize,
-    job: impl Fn(usize) -> Result<T> + Sync,
-) -> Result<Vec<T>> {
-    let next = AtomicUsize::new(0);
-    let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<T>>> = Mutex::new((0..jobs).map(|_| None).collect());
-    let work = || -> Result<()> {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(1)
-            .build()
-            .context("cannot start a gradient-pass thread")?;
-        pool.install(|| loop {
-            let n = next.fetch_add(1, Ordering::Relaxed);
-            if n >= jobs || failed.load(Ordering::Relaxed) {
-                return Ok(());
-            }
-            match job(n) {
-                Ok(r) => results.lock().unwrap_or_else(PoisonError::into_inner)[n] = Some(r),
-                Err(e) => {
-                    failed.store(true, Ordering::Relaxed);
-                    return Err(e);
-                }
-            }
-        })
-    };
-    std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers).map(|_| s.spawn(work)).collect();
-        handles
-            .into_iter()
-            .map(|h| {
-                h.join()
-                    .unwrap_or_else(|_| bail!("a gradient-pass thread panicked"))
-            })
-            .collect::<Result<Vec<()>>>()
-    })?;
-    results
-        .into_inner()
-        .unwrap_or_else(PoisonError::into_inner)
-        .into_iter()
-        .map(|r| r.context("a gradient pass did not run"))
-        .collect()
 }

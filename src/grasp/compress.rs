@@ -10,6 +10,7 @@ use candle_core::{DType, Tensor, Var};
 use serde::Serialize;
 
 use super::attribution::{singular_value_gradients, Batches, Inputs, LayerInputs};
+use super::guard::{guard_layer, GuardDecision};
 use super::selection::{importance, select, Metric, RankRule};
 use super::svd::{thin_svd, SvdDtype};
 use crate::model::linear::Linear;
@@ -27,6 +28,16 @@ pub enum Method {
     Svd,
     /// Delete the layers (ShortGPT).
     Remove,
+    /// GRASP, then per layer keep whichever of the compressed layer and its removal gives the
+    /// lower calibration loss.
+    Hybrid,
+}
+
+impl Method {
+    /// Whether the method takes gradient passes (and so needs the chosen layers' inputs).
+    pub fn uses_gradients(self) -> bool {
+        matches!(self, Method::Grasp | Method::Hybrid)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -116,6 +127,19 @@ pub struct Compression {
     /// Where layer inputs were kept: "memory" or "disk" (one pass for all layers), or
     /// "recomputed" (one pass per layer); "none" without gradient passes.
     pub layer_inputs: &'static str,
+    /// `--method hybrid`: per layer, highest first, both losses and the choice.
+    pub guard: Vec<GuardDecision>,
+}
+
+/// Where [`compress_layers`] finds the chosen layers' inputs, computed by an earlier pass over
+/// the unmodified model (the block-influence pass).
+pub enum CollectedInputs<'a> {
+    /// None: one pass collects them (or each layer's are recomputed).
+    None,
+    /// Used up, and their files deleted, layer by layer.
+    Owned(LayerInputs),
+    /// Left as they are for further compressions of the same model (a sweep).
+    Shared(&'a LayerInputs),
 }
 
 /// Compresses `layers` of `model` in place (or removes them with [`Method::Remove`]).
@@ -126,7 +150,7 @@ pub fn compress_layers(
     layers: &[usize],
     batches: &Batches,
     opts: &CompressOptions,
-    collected: Option<LayerInputs>,
+    collected: CollectedInputs,
 ) -> Result<Compression> {
     let n = model.num_layers();
     if let Some(bad) = layers.iter().find(|&&l| l >= n) {
@@ -145,25 +169,26 @@ pub fn compress_layers(
     let mut order = layers.to_vec();
     order.sort_unstable_by(|a, b| b.cmp(a));
     order.dedup();
-    let (layer_inputs, mut cache) = if opts.method != Method::Grasp {
-        ("none", None)
-    } else if let Some(collected) = collected {
-        (collected.placement(), Some(collected))
-    } else {
-        let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
-        // In memory (no directory) or in files under one; nothing to collect when recomputed.
-        let keep_in = match opts.input_cache.place(total) {
-            Placement::Memory => Some(None),
-            Placement::Disk(dir) => Some(Some(dir)),
-            Placement::Recompute => None,
-        };
-        let cache = keep_in
-            .map(|dir| LayerInputs::collect(model, batches, &order, dir))
-            .transpose()?;
-        (
-            cache.as_ref().map_or("recomputed", LayerInputs::placement),
-            cache,
-        )
+    let (layer_inputs, mut cache) = match collected {
+        _ if !opts.method.uses_gradients() => ("none", CollectedInputs::None),
+        CollectedInputs::Owned(inputs) => (inputs.placement(), CollectedInputs::Owned(inputs)),
+        CollectedInputs::Shared(inputs) => (inputs.placement(), CollectedInputs::Shared(inputs)),
+        CollectedInputs::None => {
+            let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
+            // In memory (no directory) or in files under one; nothing to collect when recomputed.
+            let keep_in = match opts.input_cache.place(total) {
+                Placement::Memory => Some(None),
+                Placement::Disk(dir) => Some(Some(dir)),
+                Placement::Recompute => None,
+            };
+            match keep_in {
+                Some(dir) => {
+                    let inputs = LayerInputs::collect(model, batches, &order, dir)?;
+                    (inputs.placement(), CollectedInputs::Owned(inputs))
+                }
+                None => ("recomputed", CollectedInputs::None),
+            }
+        }
     };
     let mut out = Compression {
         layer_inputs,
@@ -171,9 +196,14 @@ pub fn compress_layers(
     };
     for &layer in &order {
         // Layers below `layer` are untouched, so these are the original model's inputs.
-        let inputs = match cache.as_mut().and_then(|c| c.take(layer)) {
+        let cached = match &mut cache {
+            CollectedInputs::Owned(inputs) => inputs.take(layer),
+            CollectedInputs::Shared(inputs) => inputs.share(layer),
+            CollectedInputs::None => None,
+        };
+        let inputs = match cached {
             Some(inputs) => inputs,
-            None if opts.method == Method::Grasp => {
+            None if opts.method.uses_gradients() => {
                 LayerInputs::collect(model, batches, &[layer], None)?
                     .take(layer)
                     .unwrap_or(Inputs::Memory(Vec::new()))
@@ -191,6 +221,20 @@ pub fn compress_layers(
                 compress_block(model, layer, block, targets, batches, &inputs, opts)?;
             out.modules.extend(modules);
             out.blocks.push(report);
+        }
+        if opts.method == Method::Hybrid {
+            let bar = runtime::progress_bar(
+                batches.windows() as u64,
+                &format!("layer {layer} guard"),
+                "windows",
+            );
+            let decision = guard_layer(model, layer, batches, &inputs, &bar)?;
+            bar.finish_and_clear();
+            if decision.removed {
+                // Only layers above `layer`, all processed, change their index.
+                model.remove_layers(&[layer]);
+            }
+            out.guard.push(decision);
         }
         inputs.remove_files();
     }
@@ -229,7 +273,7 @@ fn compress_block(
     let svd_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let (grads, calib_loss_mean) = if opts.method == Method::Grasp {
+    let (grads, calib_loss_mean) = if opts.method.uses_gradients() {
         let bar = runtime::progress_bar(
             batches.windows() as u64,
             &format!("layer {layer} {block_name}"),

@@ -101,6 +101,11 @@ impl Linear {
         weights + self.bias().map_or(0, |b| b.elem_count())
     }
 
+    /// Parameters of this projection as a dense (out, in) weight and bias.
+    pub fn num_params_merged(&self) -> usize {
+        self.in_features() * self.out_features() + self.bias().map_or(0, |b| b.elem_count())
+    }
+
     /// True when no tensor of this projection is in a gradient graph, so that a fused op may
     /// take it in and give back only [`Linear::input_grad`]. SVD form is never frozen: its
     /// singular values are what a gradient pass trains.

@@ -283,9 +283,17 @@ impl DecoderLayer {
     }
 
     pub fn num_params(&self) -> usize {
+        self.params_with(Linear::num_params)
+    }
+
+    pub fn num_params_merged(&self) -> usize {
+        self.params_with(Linear::num_params_merged)
+    }
+
+    fn params_with(&self, projection_params: fn(&Linear) -> usize) -> usize {
         Projection::ALL
             .iter()
-            .map(|p| self.projection(*p).num_params())
+            .map(|p| projection_params(self.projection(*p)))
             .sum::<usize>()
             + self.input_layernorm.elem_count()
             + self.post_attention_layernorm.elem_count()
@@ -456,16 +464,18 @@ impl Llama {
         self.head(&h)
     }
 
-    /// Mean next-token cross-entropy of (batch, seq) `ids` from layer `start` on, given that
-    /// layer's input: the loss of a GRASP gradient pass. The head and the loss run fused
+    /// Mean cross-entropy of (batch, seq) `ids` from layer `start` on, given that layer's
+    /// input, each position scored against the token `shift` ahead (1: the next-token loss):
+    /// the loss of a GRASP gradient pass. The head and the loss run fused
     /// ([`ops::linear_cross_entropy`]), so no (seq, vocab) logits are kept for the backward.
     pub fn next_token_loss_from(
         &self,
         start: usize,
         hidden: &Tensor,
         ids: &Tensor,
+        shift: usize,
     ) -> Result<Tensor> {
-        let (targets, weights) = next_token_targets(ids)?;
+        let (targets, weights) = shifted_targets(ids, shift)?;
         let h = self.run_layers(hidden, start, self.layers.len(), |_, _| Ok(()))?;
         let normed = self.final_norm(&h)?;
         let normed = normed.reshape((targets.elem_count(), self.config.hidden_size))?;
@@ -475,7 +485,7 @@ impl Llama {
 
     /// Mean next-token cross-entropy of a (batch, seq) batch of ids.
     pub fn next_token_loss(&self, ids: &Tensor) -> Result<Tensor> {
-        self.next_token_loss_from(0, &self.embed(ids)?, ids)
+        self.next_token_loss_from(0, &self.embed(ids)?, ids, 1)
     }
 
     /// Logits and every layer's hidden state: entry 0 is the embedding output (the input of
@@ -575,31 +585,43 @@ impl Llama {
         (tokens * (layers * per_token_layer + c.hidden_size) + LOGIT_ROWS * c.vocab_size) * dtype
     }
 
+    /// Parameters as the model stores them (compressed projections as their factors).
     pub fn num_params(&self) -> usize {
+        self.params_with(DecoderLayer::num_params)
+    }
+
+    /// Parameters of the dense checkpoint `--merge` writes: every projection at its full size.
+    pub fn num_params_merged(&self) -> usize {
+        self.params_with(DecoderLayer::num_params_merged)
+    }
+
+    fn params_with(&self, layer_params: fn(&DecoderLayer) -> usize) -> usize {
         self.embed_tokens.elem_count()
-            + self
-                .layers
-                .iter()
-                .map(DecoderLayer::num_params)
-                .sum::<usize>()
+            + self.layers.iter().map(layer_params).sum::<usize>()
             + self.norm.elem_count()
             + self.lm_head.as_ref().map_or(0, Tensor::elem_count)
     }
 }
 
-/// Targets and weights of the mean next-token cross-entropy over (batch, seq) ids, flattened:
-/// position t is scored against id t+1 with weight 1/(batch·(seq−1)), and the last position,
-/// which has no next token, against the first id with weight 0 (so that every position's
-/// hidden state goes to the head as it is, with no narrowed copy).
-fn next_token_targets(ids: &Tensor) -> Result<(Tensor, Tensor)> {
+/// Targets and weights of the mean cross-entropy over (batch, seq) ids, flattened: position t
+/// is scored against id t + `shift` with weight 1/(batch·(seq−shift)), and the last `shift`
+/// positions, which have no such token, against the first ids with weight 0 (so that every
+/// position's hidden state goes to the head as it is, with no narrowed copy).
+fn shifted_targets(ids: &Tensor, shift: usize) -> Result<(Tensor, Tensor)> {
     let (b, t) = ids.dims2()?;
-    if t < 2 {
-        candle_core::bail!("the next-token loss needs at least 2 positions, got {t}");
+    if shift == 0 || t <= shift {
+        candle_core::bail!(
+            "a loss that scores each position against the token {shift} ahead needs more than \
+             {shift} positions and a shift of at least 1, got {t} positions"
+        );
     }
-    let targets = Tensor::cat(&[ids.narrow(1, 1, t - 1)?, ids.narrow(1, 0, 1)?], 1)?;
-    let scored = 1.0 / (b * (t - 1)) as f64;
+    let targets = Tensor::cat(
+        &[ids.narrow(1, shift, t - shift)?, ids.narrow(1, 0, shift)?],
+        1,
+    )?;
+    let scored = 1.0 / (b * (t - shift)) as f64;
     let weights: Vec<f64> = (0..b * t)
-        .map(|i| if i % t == t - 1 { 0.0 } else { scored })
+        .map(|i| if i % t >= t - shift { 0.0 } else { scored })
         .collect();
     Ok((
         targets.flatten_all()?,
