@@ -3,7 +3,8 @@
 //!
 //! The modules follow the pipeline: `model` (the trainable Llama), `data` (calibration text and
 //! evaluation tasks), `grasp` (block influence, gradient attribution, selection, compression),
-//! `eval` (perplexity and zero-shot tasks), `io` (loading, saving, GGUF conversion) and `cli`.
+//! `eval` (perplexity and zero-shot tasks), `io` (loading, saving, GGUF conversion),
+//! `pipeline` (whole runs: the size/quality frontier) and `cli`.
 
 pub mod cli;
 pub mod data;
@@ -11,4 +12,5 @@ pub mod eval;
 pub mod grasp;
 pub mod io;
 pub mod model;
+pub mod pipeline;
 pub mod runtime;

@@ -5,6 +5,7 @@ mod compress;
 mod config_file;
 mod convert;
 mod eval;
+mod frontier;
 mod layers;
 
 use clap::{Parser, Subcommand};
@@ -36,6 +37,9 @@ enum Command {
     Compress(Box<compress::CompressArgs>),
     /// Perplexity and zero-shot accuracy of a (compressed) checkpoint.
     Eval(Box<eval::EvalArgs>),
+    /// Sweep removal, SVD, GRASP and hybrid over layer counts and ratios: the best model for
+    /// its size, as a table and a plot.
+    Frontier(Box<frontier::FrontierArgs>),
     /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/...) into a Hugging Face directory.
     Convert(convert::ConvertArgs),
 }
@@ -47,6 +51,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Layers(args) => layers::run(args),
         Command::Compress(args) => compress::run(*args),
         Command::Eval(args) => eval::run(*args),
+        Command::Frontier(args) => frontier::run(*args),
         Command::Convert(args) => convert::run(args),
     }
 }

@@ -42,6 +42,28 @@ pub struct PerplexityResult {
     pub seconds: f64,
 }
 
+/// A corpus's test split tokenized as one stream, to be scored by one model or several.
+pub struct TokenStream {
+    pub dataset: String,
+    pub source: String,
+    pub ids: Vec<u32>,
+    /// Whether the stream starts with a BOS token added by the tokenizer.
+    pub bos: bool,
+}
+
+impl TokenStream {
+    pub fn load(tokenizer: &Tokenizer, corpus: &Corpus, data_dir: Option<&Path>) -> Result<Self> {
+        let rows = load_rows(corpus, Split::Test, data_dir)?;
+        let encoding = encode_stream(tokenizer, &rows.rows.join("\n\n"), true)?;
+        Ok(Self {
+            dataset: corpus.name(),
+            source: rows.source,
+            bos: encoding.get_special_tokens_mask().first() == Some(&1),
+            ids: encoding.get_ids().to_vec(),
+        })
+    }
+}
+
 /// Perplexity of `model` on the test split of `corpus`.
 pub fn perplexity(
     model: &dyn CausalLm,
@@ -51,20 +73,30 @@ pub fn perplexity(
     spec: &PerplexitySpec,
 ) -> Result<PerplexityResult> {
     let started = Instant::now();
-    let rows = load_rows(corpus, Split::Test, data_dir)?;
-    let encoding = encode_stream(tokenizer, &rows.rows.join("\n\n"), true)?;
-    let bos = encoding.get_special_tokens_mask().first() == Some(&1);
-    let (mean_nll, tokens_scored, windows) = perplexity_of_stream(model, encoding.get_ids(), spec)
-        .with_context(|| format!("perplexity on {corpus} ({})", rows.source))?;
+    let stream = TokenStream::load(tokenizer, corpus, data_dir)?;
+    let mut result = perplexity_of(model, &stream, spec)?;
+    result.seconds = started.elapsed().as_secs_f64();
+    Ok(result)
+}
+
+/// Perplexity of `model` on a tokenized stream.
+pub fn perplexity_of(
+    model: &dyn CausalLm,
+    stream: &TokenStream,
+    spec: &PerplexitySpec,
+) -> Result<PerplexityResult> {
+    let started = Instant::now();
+    let (mean_nll, tokens_scored, windows) = perplexity_of_stream(model, &stream.ids, spec)
+        .with_context(|| format!("perplexity on {} ({})", stream.dataset, stream.source))?;
     Ok(PerplexityResult {
-        dataset: corpus.name(),
-        source: rows.source,
+        dataset: stream.dataset.clone(),
+        source: stream.source.clone(),
         perplexity: mean_nll.exp(),
         mean_nll,
         tokens_scored,
         windows,
         seq_len: window_len(model, spec),
-        bos,
+        bos: stream.bos,
         seconds: started.elapsed().as_secs_f64(),
     })
 }

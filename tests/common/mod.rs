@@ -3,6 +3,8 @@
 //! shared data skip with a message when it is absent.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
