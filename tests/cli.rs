@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -29,30 +29,6 @@ fn stories() -> Option<Stories> {
         model: shared.join("models/stories260K-hf"),
         data: shared.join("data"),
     })
-}
-
-/// Four 64-token windows from the start of wikitext-2: enough to exercise every stage quickly.
-const SMALL_CALIBRATION: [&str; 6] = [
-    "--num-samples",
-    "4",
-    "--seq-len",
-    "64",
-    "--sampling",
-    "sequential",
-];
-
-/// The binary, offline and without backtraces, so an error is the one line a user sees.
-fn grasp() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grasp"));
-    cmd.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("GRASP_MODEL")
-        .env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn assert_success(output: &Output, what: &str) {
@@ -141,25 +117,6 @@ fn file_len(path: &Path) -> u64 {
     fs::metadata(path)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
         .len()
-}
-
-/// Why `output` is not a clean refusal naming `problem`: it must fail without panicking, and
-/// its last stderr line must be the only `error:` line (earlier lines are progress logs).
-fn refusal_problem(output: &Output, problem: &str) -> Option<String> {
-    let err = stderr(output);
-    let last = err.lines().last().unwrap_or("");
-    let error_lines = err.lines().filter(|l| l.starts_with("error:")).count();
-    if output.status.success() {
-        Some("exited 0".into())
-    } else if err.contains("panicked") {
-        Some(format!("panicked:\n{err}"))
-    } else if !last.starts_with("error:") || error_lines != 1 {
-        Some(format!("no single closing `error:` line:\n{err}"))
-    } else if !last.contains(problem) {
-        Some(format!("`{last}` does not mention `{problem}`"))
-    } else {
-        None
-    }
 }
 
 fn assert_refused(output: &Output, problem: &str) {

@@ -230,3 +230,50 @@ impl<F: Fn(&[u32]) -> Vec<f32>> CausalLm for MockLm<F> {
         self.max_positions
     }
 }
+
+/// Four 64-token windows from the start of wikitext-2: every stage runs, quickly.
+pub const SMALL_CALIBRATION: [&str; 6] = [
+    "--num-samples",
+    "4",
+    "--seq-len",
+    "64",
+    "--sampling",
+    "sequential",
+];
+
+/// The binary, offline and without backtraces, so an error is the one line a user sees.
+pub fn grasp() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_grasp"));
+    cmd.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env_remove("GRASP_MODEL")
+        .env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Why `output` is not a clean refusal naming `problem`: it must fail without panicking, with
+/// one `error:` line on stderr that names the problem (the others are progress logs, or
+/// clap's usage hint after its error).
+pub fn refusal_problem(output: &std::process::Output, problem: &str) -> Option<String> {
+    let err = stderr(output);
+    let error = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    let error_lines = err.lines().filter(|l| l.starts_with("error:")).count();
+    if output.status.success() {
+        Some("exited 0".into())
+    } else if err.contains("panicked") {
+        Some(format!("panicked:\n{err}"))
+    } else if error_lines != 1 {
+        Some(format!("not one `error:` line:\n{err}"))
+    } else if !error.contains(problem) {
+        Some(format!("`{error}` does not mention `{problem}`"))
+    } else {
+        None
+    }
+}
