@@ -33,6 +33,7 @@ pub struct LayersArgs {
 }
 
 pub fn run(args: LayersArgs) -> Result<()> {
+    args.calibration.check()?;
     let files = resolve(&args.model.model, &args.model.revision)?;
     if let Some(path) = &args.json {
         check_output_file("--json", path, &files.paths())?;
