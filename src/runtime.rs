@@ -97,6 +97,18 @@ pub fn spinner(message: String) -> indicatif::ProgressBar {
     bar
 }
 
+/// A closed stdout (`grasp eval ... | head -n 1`) ends the process quietly, as it does other
+/// command-line tools, instead of making the next print panic: Rust ignores SIGPIPE by
+/// default, which turns the write into an error that `println!` panics on.
+pub fn restore_sigpipe() {
+    #[cfg(unix)]
+    // SAFETY: resetting a signal's disposition to its default has no memory effects; it is
+    // called before any thread writes to a pipe.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Process settings that must precede the first candle op and the first thread; called first
 /// thing by the binary and the benchmark.
 ///

@@ -35,25 +35,6 @@ fn file_len(path: &Path) -> u64 {
         .len()
 }
 
-/// Why `output` is not a clean refusal naming `problem`: it must fail without panicking, and
-/// its last stderr line must be the only `error:` line (earlier lines are progress logs).
-fn refusal_problem(output: &Output, problem: &str) -> Option<String> {
-    let err = stderr(output);
-    let last = err.lines().last().unwrap_or("");
-    let error_lines = err.lines().filter(|l| l.starts_with("error:")).count();
-    if output.status.success() {
-        Some("exited 0".into())
-    } else if err.contains("panicked") {
-        Some(format!("panicked:\n{err}"))
-    } else if !last.starts_with("error:") || error_lines != 1 {
-        Some(format!("no single closing `error:` line:\n{err}"))
-    } else if !last.contains(problem) {
-        Some(format!("`{last}` does not mention `{problem}`"))
-    } else {
-        None
-    }
-}
-
 fn assert_refused(output: &Output, problem: &str) {
     if let Some(why) = refusal_problem(output, problem) {
         panic!("{why}");

@@ -31,16 +31,16 @@ pub struct CalibrationArgs {
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
     /// Number of calibration windows.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = unsigned::<usize>)]
     pub num_samples: usize,
     /// Tokens per calibration window.
-    #[arg(long, default_value_t = 512)]
+    #[arg(long, default_value_t = 512, value_parser = unsigned::<usize>)]
     pub seq_len: usize,
     /// Windows per forward/backward pass (the loss of each batch is its mean token loss).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = unsigned::<usize>)]
     pub batch_size: usize,
     /// Seed for drawing windows with --sampling random.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = 42, value_parser = unsigned::<u64>)]
     pub seed: u64,
     /// random: draw windows with --seed; sequential: the first windows in order.
     #[arg(long, value_enum, default_value = "random")]
@@ -53,6 +53,26 @@ pub struct CalibrationArgs {
 }
 
 impl CalibrationArgs {
+    /// Checks what can be checked before the model is loaded: counts, corpus, data directory.
+    pub fn check(&self) -> anyhow::Result<()> {
+        use anyhow::Context;
+        for (flag, n) in [
+            ("--batch-size", self.batch_size),
+            ("--num-samples", self.num_samples),
+            ("--seq-len", self.seq_len),
+        ] {
+            if n == 0 {
+                anyhow::bail!("{flag} must be at least 1");
+            }
+        }
+        crate::data::corpus::Corpus::parse(&self.dataset)
+            .with_context(|| format!("--dataset {}", self.dataset))?;
+        if let Some(dir) = self.data_dir.as_ref().filter(|d| !d.is_dir()) {
+            anyhow::bail!("--data-dir {}: no such directory", dir.display());
+        }
+        Ok(())
+    }
+
     /// Checks the flags against the model (`max_positions`) before tokenizing anything.
     pub fn load(
         &self,
@@ -60,9 +80,7 @@ impl CalibrationArgs {
         max_positions: usize,
     ) -> anyhow::Result<crate::data::calibration::Calibration> {
         use crate::data::calibration::{load_calibration, CalibrationSpec};
-        if self.batch_size == 0 {
-            anyhow::bail!("--batch-size must be at least 1");
-        }
+        self.check()?;
         if self.seq_len > max_positions {
             anyhow::bail!(
                 "--seq-len {} exceeds the model's max_position_embeddings {max_positions}",
@@ -92,6 +110,20 @@ impl CalibrationArgs {
     }
 }
 
+/// A count or a seed. Negative numbers reach the parser (`allow_negative_numbers`, so that
+/// `--ratio -0.1` is refused by its range check rather than taken for a flag); for these
+/// flags the message says what is allowed instead of "invalid digit found in string".
+pub fn unsigned<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    if text.trim_start().starts_with('-') {
+        return Err("must be 0 or more".into());
+    }
+    text.parse().map_err(|e: T::Err| e.to_string())
+}
+
 /// Lines for the user on stderr, copied to --log-file when given.
 pub struct Log {
     file: Option<std::fs::File>,
@@ -104,7 +136,7 @@ impl Log {
         let file = path
             .map(|p| {
                 std::fs::File::create(p)
-                    .with_context(|| format!("cannot create log file {}", p.display()))
+                    .with_context(|| format!("--log-file {}: cannot create it", p.display()))
             })
             .transpose()?;
         Ok(Self { file, verbose })

@@ -7,7 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::common::{CalibrationArgs, Log, ModelArgs};
+use super::common::{CalibrationArgs, ModelArgs};
 use super::layers::{check_num_prune_layers, print_table, score_layers};
 use crate::grasp::attribution::{Batches, InputCollector, LayerInputs};
 use crate::grasp::compress::{
@@ -15,8 +15,8 @@ use crate::grasp::compress::{
 };
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
-use crate::io::load::load_model;
-use crate::io::save::{check_output, save_model, write_json, OutputForm};
+use crate::io::load::load_resolved;
+use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
 use crate::model::llama::{Block, Projection};
 use crate::runtime;
@@ -144,7 +144,8 @@ struct Timings {
 
 pub fn run(args: CompressArgs) -> Result<()> {
     let start = Instant::now();
-    let mut log = Log::new(args.log_file.as_deref(), args.verbose)?;
+    let plan = super::preflight::compress(&args, |name| default_out(&args, name))?;
+    let (out, mut log) = (plan.out, plan.log);
     let rule = match args.threshold_ratio {
         Some(t) => RankRule::Threshold(t),
         None => RankRule::Ratio(args.ratio),
@@ -153,12 +154,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let mlp_targets = parse_targets(&args.mlp_targets, Block::Mlp, "--mlp-targets")?;
     let attn_targets = parse_targets(&args.attn_targets, Block::Attention, "--attn-targets")?;
 
-    let loaded = load_model(&args.model)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| default_out(&args, &loaded.files.name));
-    check_output(&out, args.force)?;
+    let loaded = load_resolved(plan.files, &args.model)?;
     let mut model = loaded.model;
     let n_layers = model.num_layers();
     if let Some(n) = args.num_prune_layers {

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
+/// `args` with the entries of `--config FILE` put in as flags; `cli` tells each
+/// subcommand's flags, so that a key no flag has is refused naming the file.
+pub fn expand(args: Vec<OsString>, cli: &clap::Command) -> Result<Vec<OsString>> {
     let position = args.iter().position(|a| a == "--config");
     let inline = args
         .iter()
@@ -24,7 +26,17 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
         }
         (None, None) => return Ok(args),
     };
-    let flags = flags_from_file(Path::new(&path))?;
+    let subcommand = args.get(1).and_then(|a| a.to_str()).unwrap_or_default();
+    let known: Vec<String> = cli
+        .find_subcommand(subcommand)
+        .map(|c| {
+            c.get_arguments()
+                .filter_map(|a| a.get_long())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    let flags = flags_from_file(Path::new(&path), subcommand, &known)?;
     let mut out: Vec<OsString> = Vec::with_capacity(args.len() + flags.len());
     // Subcommand first (argv[0], subcommand), then the file's flags, then the typed ones.
     out.extend(args.iter().take(2).cloned());
@@ -39,7 +51,7 @@ pub fn expand(args: Vec<OsString>) -> Result<Vec<OsString>> {
     Ok(out)
 }
 
-fn flags_from_file(path: &Path) -> Result<Vec<String>> {
+fn flags_from_file(path: &Path, subcommand: &str, known: &[String]) -> Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read --config {}", path.display()))?;
     let table: toml::Table = text
@@ -47,7 +59,14 @@ fn flags_from_file(path: &Path) -> Result<Vec<String>> {
         .with_context(|| format!("--config {} is not valid TOML", path.display()))?;
     let mut flags = Vec::new();
     for (key, value) in table {
-        let flag = format!("--{}", key.replace('_', "-"));
+        let long = key.replace('_', "-");
+        if !known.contains(&long) || long == "config" {
+            bail!(
+                "--config {}: unknown key `{key}` (grasp {subcommand} has no flag --{long})",
+                path.display()
+            );
+        }
+        let flag = format!("--{long}");
         match value {
             toml::Value::Boolean(true) => flags.push(flag),
             toml::Value::Boolean(false) => {}
@@ -98,7 +117,19 @@ mod tests {
         .iter()
         .map(OsString::from)
         .collect();
-        let out: Vec<String> = expand(args)
+        let cli = clap::Command::new("grasp").subcommand(
+            clap::Command::new("compress").args(
+                [
+                    "ratio",
+                    "merge",
+                    "angular",
+                    "mlp-targets",
+                    "num-prune-layers",
+                ]
+                .map(|name| clap::Arg::new(name).long(name)),
+            ),
+        );
+        let out: Vec<String> = expand(args, &cli)
             .unwrap()
             .into_iter()
             .map(|a| a.into_string().unwrap())

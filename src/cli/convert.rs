@@ -54,6 +54,9 @@ impl From<WeightDtype> for DType {
 pub fn run(args: ConvertArgs) -> Result<()> {
     let start = Instant::now();
     let dtype = DType::from(args.dtype);
+    for line in crate::io::staging::clean_stale(&args.out)? {
+        eprintln!("{line}");
+    }
     let summary = convert_gguf(&args.gguf, &args.out, dtype, args.force)?;
     let source_types: Vec<String> = summary
         .source_types

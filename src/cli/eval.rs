@@ -7,12 +7,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::ModelArgs;
+use super::common::{unsigned, ModelArgs};
 use crate::data::corpus::{default_data_dir, Corpus};
 use crate::data::tasks::{task_file, Split, Task};
 use crate::eval::perplexity::{perplexity, PerplexityResult, PerplexitySpec};
 use crate::eval::tasks::{averages, markdown_table, run_task, Averages, TaskOptions, TaskResult};
-use crate::io::load::{load_model, Loaded};
+use crate::io::load::{load_resolved, resolve, Loaded};
+use crate::io::out_path::check_output_file;
 use crate::io::staging::write_json;
 
 #[derive(Args, Debug)]
@@ -27,19 +28,19 @@ pub struct EvalArgs {
     #[arg(long)]
     pub ppl: Option<String>,
     /// Perplexity window length in tokens (capped by the model's maximum positions).
-    #[arg(long, default_value_t = 2048)]
+    #[arg(long, default_value_t = 2048, value_parser = unsigned::<usize>)]
     pub ppl_seq_len: usize,
     /// Windows per forward pass for perplexity (each --ppl-seq-len tokens long).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, value_parser = unsigned::<usize>)]
     pub ppl_batch_size: usize,
     /// Only the first N docs of each task and the first N windows of each corpus.
-    #[arg(long)]
+    #[arg(long, value_parser = unsigned::<usize>)]
     pub limit: Option<usize>,
     /// Task contexts per forward pass, each packed in one row with all of its choices.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = unsigned::<usize>)]
     pub batch_size: usize,
     /// Examples from the training split before each doc (lm-eval's sampler, seed 1234).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = 0, value_parser = unsigned::<usize>)]
     pub num_fewshot: usize,
     /// Directory laid out like ../shared/data (default: ../shared/data when it exists).
     #[arg(long)]
@@ -68,12 +69,23 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if tasks.is_empty() && corpora.is_empty() {
         bail!("nothing to evaluate: pass --tasks (e.g. `all`) and/or --ppl (e.g. wikitext2,ptb)");
     }
+    for (flag, n) in [
+        ("--limit", args.limit.unwrap_or(1)),
+        ("--ppl-seq-len", args.ppl_seq_len),
+        ("--ppl-batch-size", args.ppl_batch_size),
+        ("--batch-size", args.batch_size),
+    ] {
+        if n == 0 {
+            bail!("{flag} must be at least 1");
+        }
+    }
     let data_dir = data_dir(args.data_dir.as_deref())?;
     check_task_files(&tasks, data_dir.as_deref(), args.num_fewshot)?;
+    let files = resolve(&args.model.model, &args.model.revision)?;
     if let Some(path) = &args.json {
-        check_parent_dir(path)?;
+        check_output_file("--json", path, &files.paths())?;
     }
-    let loaded = load_model(&args.model)?;
+    let loaded = load_resolved(files, &args.model)?;
     println!(
         "model: {} ({})",
         loaded.files.name,
@@ -196,17 +208,4 @@ fn perplexity_table(results: &[PerplexityResult]) -> String {
         ));
     }
     out
-}
-
-/// Fails before hours of evaluation rather than after them when the report cannot be written.
-fn check_parent_dir(path: &Path) -> Result<()> {
-    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-    match parent {
-        Some(dir) if !dir.is_dir() => bail!(
-            "--json {}: {} is not a directory",
-            path.display(),
-            dir.display()
-        ),
-        _ => Ok(()),
-    }
 }

@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::common::{CalibrationArgs, Log, ModelArgs};
 use super::compress::{bi_pass_collector, input_cache_budget, parse_targets};
 use super::layers::{check_num_prune_layers, score_layers};
+use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
 use crate::data::tasks::{task_file, Split, Task};
 use crate::eval::perplexity::{PerplexitySpec, TokenStream};
@@ -19,8 +20,8 @@ use crate::grasp::attribution::LayerInputs;
 use crate::grasp::compress::{CompressOptions, InputCache, Method, Placement};
 use crate::grasp::selection::{Metric, RankRule};
 use crate::grasp::svd::SvdDtype;
-use crate::io::load::load_model;
-use crate::io::save::{check_output, write_json};
+use crate::io::load::{load_resolved, resolve};
+use crate::io::save::write_json;
 use crate::io::staging::Staging;
 use crate::model::llama::Block;
 use crate::pipeline::frontier::{sweep, FrontierPoint, Scoring, SweepPlan};
@@ -125,12 +126,16 @@ pub fn run(args: FrontierArgs) -> Result<()> {
         task_file(task, Split::Eval, data_dir.as_deref())?;
     }
 
-    let loaded = load_model(&args.model)?;
+    args.calibration.check()?;
+    let files = resolve(&args.model.model, &args.model.revision)?;
     let out = args
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("out").join(format!("{}-frontier", loaded.files.name)));
-    check_output(&out, args.force)?;
+        .unwrap_or_else(|| PathBuf::from("out").join(format!("{}-frontier", files.name)));
+    for line in output_dir(&out, args.force, &files)? {
+        log.info(line);
+    }
+    let loaded = load_resolved(files, &args.model)?;
     let model = loaded.model;
     for &n in &args.num_prune_layers {
         check_num_prune_layers(n, model.num_layers())?;

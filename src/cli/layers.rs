@@ -9,7 +9,8 @@ use super::common::{CalibrationArgs, ModelArgs};
 use crate::data::calibration::Calibration;
 use crate::grasp::attribution::InputCollector;
 use crate::grasp::influence::{block_influence, BlockInfluence};
-use crate::io::load::load_model;
+use crate::io::load::{load_resolved, resolve};
+use crate::io::out_path::check_output_file;
 use crate::io::save::write_json;
 use crate::model::Llama;
 use crate::runtime;
@@ -32,7 +33,12 @@ pub struct LayersArgs {
 }
 
 pub fn run(args: LayersArgs) -> Result<()> {
-    let loaded = load_model(&args.model)?;
+    args.calibration.check()?;
+    let files = resolve(&args.model.model, &args.model.revision)?;
+    if let Some(path) = &args.json {
+        check_output_file("--json", path, &files.paths())?;
+    }
+    let loaded = load_resolved(files, &args.model)?;
     let n_layers = loaded.model.num_layers();
     check_num_prune_layers(args.num_prune_layers, n_layers)?;
     let calib = args.calibration.load(

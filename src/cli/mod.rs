@@ -7,8 +7,9 @@ mod convert;
 mod eval;
 mod frontier;
 mod layers;
+mod preflight;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -32,20 +33,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Score every decoder layer's Block Influence and pick the redundant ones.
+    #[command(allow_negative_numbers = true)]
     Layers(layers::LayersArgs),
     /// Compress the redundant layers with GRASP (or a baseline) and write a checkpoint.
+    #[command(allow_negative_numbers = true)]
     Compress(Box<compress::CompressArgs>),
     /// Perplexity and zero-shot accuracy of a (compressed) checkpoint.
+    #[command(allow_negative_numbers = true)]
     Eval(Box<eval::EvalArgs>),
     /// Sweep removal, SVD, GRASP and hybrid over layer counts and ratios: the best model for
     /// its size, as a table and a plot.
     Frontier(Box<frontier::FrontierArgs>),
     /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/...) into a Hugging Face directory.
+    #[command(allow_negative_numbers = true)]
     Convert(convert::ConvertArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
-    let args = config_file::expand(std::env::args_os().collect())?;
+    let args = config_file::expand(std::env::args_os().collect(), &Cli::command())?;
     let cli = Cli::parse_from(args);
     match cli.command {
         Command::Layers(args) => layers::run(args),

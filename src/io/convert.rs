@@ -14,7 +14,10 @@ use serde_json::{json, Value as Json};
 use tokenizers::Tokenizer;
 
 use crate::io::gguf_tokenizer::GgufVocab;
-use crate::io::staging::{self, write_json, write_safetensors, Staging};
+use crate::io::out_path::check_output_dir;
+use crate::io::staging::{write_json, write_safetensors, Staging};
+use crate::io::validate::{build_model, layer_index};
+use crate::model::LlamaConfig;
 use crate::runtime;
 
 /// What [`convert_gguf`] wrote.
@@ -57,10 +60,18 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: DType, force: bool) -> Resul
         );
     }
 
+    let config = config_json(&hparams, &vocab, &weights, dtype);
+    check_model(&config, &weights.tensors, dtype).with_context(|| {
+        format!(
+            "{}: the tensors do not fit the model its metadata describes",
+            gguf.display()
+        )
+    })?;
+
     let staging = Staging::beside(out)?;
     write_checkpoint(
         staging.dir(),
-        &config_json(&hparams, &vocab, &weights, dtype),
+        &config,
         &vocab.tokenizer_config(hparams.context_length),
         &tokenizer,
         &weights.tensors,
@@ -349,6 +360,14 @@ fn read_weights(
         let mut tensor = qtensor
             .dequantize(&Device::Cpu)
             .with_context(|| format!("cannot dequantize {gguf_name}"))?;
+        if tensor
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .any(|v| !v.is_finite())
+        {
+            bail!("tensor {gguf_name} holds NaN or infinite values");
+        }
         if hf_name.ends_with("q_proj.weight") {
             tensor = unpermute_rotary(&tensor, hparams.num_heads)?;
         } else if hf_name.ends_with("k_proj.weight") {
@@ -380,13 +399,13 @@ fn read_weights(
     })
 }
 
-fn layer_index(hf_name: &str) -> Option<usize> {
-    hf_name
-        .strip_prefix("model.layers.")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+/// Builds the model the written config.json describes from the tensors, as loading the
+/// output will: a tensor of the wrong shape is refused now rather than at the next load.
+fn check_model(config: &Json, tensors: &[(String, Tensor)], dtype: DType) -> Result<()> {
+    let config = LlamaConfig::from_json(&config.to_string())?;
+    let tensors = tensors.iter().cloned().collect();
+    build_model(&config, tensors, dtype, &Device::Cpu)?;
+    Ok(())
 }
 
 fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
@@ -461,17 +480,5 @@ fn check_output(gguf: &Path, out: &Path, force: bool) -> Result<()> {
     if !gguf.is_file() {
         bail!("--gguf {}: no such file", gguf.display());
     }
-    staging::check_output(out, force).map_err(|e| anyhow::anyhow!("--out {e}"))?;
-    if !out.exists() {
-        return Ok(());
-    }
-    let input = gguf.canonicalize()?;
-    if input.starts_with(out.canonicalize()?) {
-        bail!(
-            "--out {} holds the input {}: refusing to replace it",
-            out.display(),
-            gguf.display()
-        );
-    }
-    Ok(())
+    check_output_dir("--out", out, force, &[gguf.to_path_buf()])
 }

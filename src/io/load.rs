@@ -4,9 +4,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
 use tokenizers::Tokenizer;
 
+use super::validate::{build_model, check_vocab};
 use super::weights::{checkpoint_dtype, read_weights};
 use crate::cli::common::ModelArgs;
 use crate::model::{Llama, LlamaConfig};
@@ -25,6 +25,20 @@ pub struct ModelFiles {
     pub tokenizer: PathBuf,
     /// Other small files copied verbatim into compressed outputs (tokenizer_config.json, ...).
     pub extras: Vec<PathBuf>,
+}
+
+impl ModelFiles {
+    /// Everything a run reads from the checkpoint: its directory and each of its files.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![
+            self.dir.clone(),
+            self.config.clone(),
+            self.tokenizer.clone(),
+        ];
+        paths.extend(self.weights.iter().cloned());
+        paths.extend(self.extras.iter().cloned());
+        paths
+    }
 }
 
 /// A loaded model with its tokenizer.
@@ -54,10 +68,22 @@ pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles> {
     if path.exists() {
         bail!("--model {model}: expected a directory holding config.json, found a file");
     }
-    if model.starts_with('.') || model.starts_with('/') || model.matches('/').count() > 1 {
+    if looks_local(model) {
         bail!("--model {model}: no such directory");
     }
     resolve_hub(model, revision)
+}
+
+/// Whether `--model` can only mean a path: it starts with `.` or `/`, has more than one
+/// separator, or its first component exists here (`models/stories` with `models/` present).
+fn looks_local(model: &str) -> bool {
+    let sep = std::path::MAIN_SEPARATOR;
+    let first = model.split(['/', sep]).next().unwrap_or("");
+    model.starts_with('.')
+        || model.starts_with('/')
+        || model.starts_with(sep)
+        || model.matches(['/', sep]).count() > 1
+        || (model.contains(['/', sep]) && !first.is_empty() && Path::new(first).exists())
 }
 
 fn resolve_local(dir: &Path) -> Result<ModelFiles> {
@@ -154,9 +180,16 @@ fn resolve_hub(repo_id: &str, revision: &str) -> Result<ModelFiles> {
             .with_progress(true)
             .build()
             .context("cannot start the Hugging Face hub client")?;
-        api.repo(repo.clone())
-            .get(file)
-            .with_context(|| format!("cannot download {file} of {repo_id} from the hub"))
+        api.repo(repo.clone()).get(file).map_err(|e| {
+            // The hub client's error repeats its cause down the chain; the root says it once.
+            let root = anyhow::Error::from(e);
+            anyhow::anyhow!(
+                "--model {repo_id}: no local directory of that name, and {file} cannot be \
+                 downloaded from the hub: {} (give a local path, or set HF_HUB_OFFLINE=1 to \
+                 use the hub cache only)",
+                root.root_cause()
+            )
+        })
     };
     let config = get("config.json")?;
     let tokenizer = get("tokenizer.json")?;
@@ -191,16 +224,20 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
         .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
 }
 
-/// Resolves and loads `--model` on `--device` in `--dtype`.
-pub fn load_model(args: &ModelArgs) -> Result<Loaded> {
+/// Loads the already-resolved `files` of `--model` on `--device` in `--dtype`.
+pub fn load_resolved(files: ModelFiles, args: &ModelArgs) -> Result<Loaded> {
+    let (device, dtype) = device_and_dtype(args)?;
+    load_files(files, &device, dtype)
+}
+
+fn device_and_dtype(args: &ModelArgs) -> Result<(Device, Option<DType>)> {
     let device = runtime::parse_device(&args.device)?;
-    let requested = args
+    let dtype = args
         .dtype
         .as_deref()
         .map(runtime::parse_dtype)
         .transpose()?;
-    let files = resolve(&args.model, &args.revision)?;
-    load_files(files, &device, requested)
+    Ok((device, dtype))
 }
 
 /// Loads already-resolved files; `dtype` None picks [`runtime::default_compute_dtype`].
@@ -209,15 +246,15 @@ pub fn load_files(files: ModelFiles, device: &Device, dtype: Option<DType>) -> R
     let tokenizer = load_tokenizer(&files.tokenizer)?;
     let checkpoint_dtype = checkpoint_dtype(&files.weights[0])?;
     let dtype = dtype.unwrap_or_else(|| runtime::default_compute_dtype(device, checkpoint_dtype));
+    check_vocab(&tokenizer, &config).with_context(|| format!("{}", files.tokenizer.display()))?;
     let tensors = read_weights(&files.weights, dtype, device)
         .with_context(|| format!("cannot load the weights of {}", files.dir.display()))?;
-    let model = Llama::from_var_builder(&config, VarBuilder::from_tensors(tensors, dtype, device))
-        .with_context(|| {
-            format!(
-                "cannot load the weights of {}: the checkpoint does not match config.json",
-                files.dir.display()
-            )
-        })?;
+    let model = build_model(&config, tensors, dtype, device).with_context(|| {
+        format!(
+            "cannot load the weights of {}: the checkpoint does not match config.json",
+            files.dir.display()
+        )
+    })?;
     Ok(Loaded {
         model,
         tokenizer,

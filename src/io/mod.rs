@@ -2,7 +2,10 @@
 
 pub mod convert;
 pub mod gguf_tokenizer;
+pub mod interrupt;
 pub mod load;
+pub mod out_path;
 pub mod save;
 pub mod staging;
+pub mod validate;
 pub mod weights;

@@ -54,10 +54,19 @@ fn read_header(file: &mut File, path: &Path) -> Result<Header> {
 }
 
 fn read_tensor(file: &mut File, header: &Header, info: &TensorInfo) -> Result<Tensor> {
+    let Some(exponent) = exponent_bits(info.dtype) else {
+        bail!(
+            "its dtype is {:?}, not a floating-point type (f32, f16, bf16 or f64)",
+            info.dtype
+        );
+    };
     let (start, end) = info.data_offsets;
     let mut bytes = vec![0u8; end - start];
     file.seek(SeekFrom::Start(header.data_start + start as u64))?;
     file.read_exact(&mut bytes)?;
+    if has_non_finite(&bytes, exponent) {
+        bail!("it holds NaN or infinite values");
+    }
     let dtype = DType::try_from(info.dtype)?;
     Ok(Tensor::from_raw_buffer(
         &bytes,
@@ -65,6 +74,34 @@ fn read_tensor(file: &mut File, header: &Header, info: &TensorInfo) -> Result<Te
         &info.shape,
         &Device::Cpu,
     )?)
+}
+
+/// The exponent mask of a floating-point safetensors dtype (None for the others), whose
+/// bits are all set in exactly the NaN and infinite values.
+fn exponent_bits(dtype: safetensors::Dtype) -> Option<u64> {
+    use safetensors::Dtype;
+    match dtype {
+        Dtype::F16 => Some(0x7c00),
+        Dtype::BF16 => Some(0x7f80),
+        Dtype::F32 => Some(0x7f80_0000),
+        Dtype::F64 => Some(0x7ff0_0000_0000_0000),
+        _ => None,
+    }
+}
+
+/// Whether the little-endian floats in `bytes`, of the width `exponent`'s mask implies,
+/// include a NaN or an infinity.
+fn has_non_finite(bytes: &[u8], exponent: u64) -> bool {
+    let width = match exponent {
+        0..=0xffff => 2,
+        0x1_0000..=0xffff_ffff => 4,
+        _ => 8,
+    };
+    bytes.chunks_exact(width).any(|value| {
+        let mut word = [0u8; 8];
+        word[..width].copy_from_slice(value);
+        u64::from_le_bytes(word) & exponent == exponent
+    })
 }
 
 /// Every tensor of the (sharded) checkpoint, converted to `dtype` on `device`.
@@ -80,7 +117,7 @@ pub fn read_weights(
         let header = read_header(&mut file, path)?;
         for (name, info) in header.metadata.tensors() {
             let t = read_tensor(&mut file, &header, info)
-                .with_context(|| format!("cannot read tensor {name} of {}", path.display()))?;
+                .with_context(|| format!("tensor {name} of {}", path.display()))?;
             tensors.insert(name, t.to_dtype(dtype)?.to_device(device)?);
         }
     }

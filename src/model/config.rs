@@ -91,7 +91,23 @@ impl LlamaConfig {
     pub fn from_json(text: &str) -> Result<Self> {
         let value: serde_json::Value = serde_json::from_str(text).context("invalid JSON")?;
         let raw: RawConfig =
-            serde_json::from_value(value.clone()).context("not a Llama config.json")?;
+            serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                match e.path().to_string().as_str() {
+                    "." => anyhow::anyhow!("not a Llama config.json: {}", e.inner()),
+                    field => anyhow::anyhow!("field `{field}`: {}", e.inner()),
+                }
+            })?;
+        for (field, n) in [
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("vocab_size", raw.vocab_size),
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("max_position_embeddings", raw.max_position_embeddings),
+        ] {
+            if n == 0 {
+                bail!("field `{field}` is 0: the model would have nothing to compute with");
+            }
+        }
         if let Some(t) = &raw.model_type {
             if !LLAMA_LIKE.contains(&t.as_str()) {
                 bail!(
@@ -113,6 +129,9 @@ impl LlamaConfig {
             );
         }
         let head_dim = raw.head_dim.unwrap_or(raw.hidden_size / heads);
+        if head_dim == 0 || !head_dim.is_multiple_of(2) {
+            bail!("head_dim {head_dim} is not a positive even number (rotary embeddings pair its values)");
+        }
         let rope_params = raw.rope_parameters.as_ref();
         let rope_theta = raw
             .rope_theta
@@ -141,6 +160,14 @@ impl LlamaConfig {
             grasp: raw.grasp,
             raw: value,
         })
+    }
+
+    /// `model_type` as written in config.json (`unknown` when absent).
+    pub fn model_type(&self) -> &str {
+        self.raw
+            .get("model_type")
+            .and_then(|t| t.as_str())
+            .unwrap_or("unknown")
     }
 
     /// The config.json to write for a model derived from this one: the original fields with

@@ -116,3 +116,26 @@ pub fn read_json(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
+
+/// Why `output` is not a clean refusal naming `problem`: it must fail without panicking, with
+/// one `error:` line on stderr that names the problem (the others are progress logs, or
+/// clap's usage hint after its error).
+pub fn refusal_problem(output: &Output, problem: &str) -> Option<String> {
+    let err = stderr(output);
+    let error = err
+        .lines()
+        .find(|l| l.starts_with("error:"))
+        .unwrap_or_default();
+    let error_lines = err.lines().filter(|l| l.starts_with("error:")).count();
+    if output.status.success() {
+        Some("exited 0".into())
+    } else if err.contains("panicked") {
+        Some(format!("panicked:\n{err}"))
+    } else if error_lines != 1 {
+        Some(format!("not one `error:` line:\n{err}"))
+    } else if !error.contains(problem) {
+        Some(format!("`{error}` does not mention `{problem}`"))
+    } else {
+        None
+    }
+}
