@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -40,28 +40,6 @@ const SMALL_CALIBRATION: [&str; 6] = [
     "--sampling",
     "sequential",
 ];
-
-/// The binary, offline and without backtraces, so an error is the one line a user sees.
-fn grasp() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grasp"));
-    cmd.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("GRASP_MODEL")
-        .env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-fn stderr(output: &Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
-
-fn assert_success(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}",
-        stderr(output)
-    );
-}
 
 /// `grasp compress` of `model` with a small sequential calibration, plus `extra` flags.
 fn compress_model<S: AsRef<OsStr>>(

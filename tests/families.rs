@@ -6,7 +6,6 @@ mod common;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use candle_core::{DType, Device, Tensor};
 use common::*;
@@ -15,23 +14,6 @@ const FAMILIES: [&str; 3] = ["llama3-tiny", "qwen2-tiny", "mistral-tiny"];
 
 fn family_dir(name: &str) -> Option<PathBuf> {
     Some(shared_dir()?.join("models/families").join(name))
-}
-
-fn grasp() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grasp"));
-    cmd.env_remove("RUST_BACKTRACE")
-        .env_remove("RUST_LIB_BACKTRACE")
-        .env_remove("GRASP_MODEL")
-        .env("HF_HUB_OFFLINE", "1");
-    cmd
-}
-
-fn assert_success(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
 
 /// max |grasp − transformers| / max |transformers| over the golden batch's logits.

@@ -5,6 +5,7 @@ mod compress;
 mod config_file;
 mod convert;
 mod eval;
+mod export;
 mod layers;
 
 use clap::{Parser, Subcommand};
@@ -20,8 +21,9 @@ use clap::{Parser, Subcommand};
                   Pipeline: `grasp layers` scores each decoder layer's Block Influence, \
                   `grasp compress` replaces the least influential layers' projections by the \
                   singular values whose gradient attribution is largest, `grasp eval` measures \
-                  perplexity and zero-shot accuracy, and `grasp convert` turns a GGUF file into \
-                  a Hugging Face checkpoint."
+                  perplexity and zero-shot accuracy, `grasp convert` turns a GGUF file into \
+                  a Hugging Face checkpoint and `grasp export` a dense checkpoint into a GGUF \
+                  file."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -38,6 +40,8 @@ enum Command {
     Eval(Box<eval::EvalArgs>),
     /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/...) into a Hugging Face directory.
     Convert(convert::ConvertArgs),
+    /// Export a dense checkpoint (input, merged or removed output) as a llama.cpp GGUF file.
+    Export(export::ExportArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -48,5 +52,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Compress(args) => compress::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Convert(args) => convert::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

@@ -168,7 +168,7 @@ impl Rotary {
 }
 
 /// Llama 3's frequency-dependent scaling of one inverse frequency (identity without it).
-fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
+pub(crate) fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
     let Some(s) = &cfg.rope_scaling else {
         return inv_freq;
     };

@@ -5,11 +5,34 @@
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use anyhow::ensure;
 use candle_core::{DType, Device, Tensor};
 use grasp::eval::{CausalLm, PackedRow};
 use grasp::io::load::{load_files, resolve, Loaded};
+
+/// The binary, offline and without backtraces, so an error is the one line a user sees.
+pub fn grasp() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_grasp"));
+    cmd.env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
+        .env_remove("GRASP_MODEL")
+        .env("HF_HUB_OFFLINE", "1");
+    cmd
+}
+
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+pub fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}",
+        stderr(output)
+    );
+}
 
 /// `../shared` beside the checkout.
 pub fn shared_dir() -> Option<PathBuf> {
