@@ -114,7 +114,8 @@ fn perplexity(model: &Path, data: &Path, json: &Path) -> f64 {
 }
 
 /// `grasp compress` of one layer, factorized and merged, then `grasp eval --ppl` of both: the
-/// two forms agree, and a Qwen2 output keeps its biases in both.
+/// two forms agree, a Qwen2 output keeps its biases in both, and the factorized one carries
+/// transformers' remote code for its family.
 #[test]
 fn every_family_compresses_and_evaluates() {
     let Some(shared) = shared_dir() else { return };
@@ -144,6 +145,21 @@ fn every_family_compresses_and_evaluates() {
             let biases: Vec<_> = names.iter().filter(|n| n.ends_with(".bias")).collect();
             let want = if name == "qwen2-tiny" { 3 * 3 } else { 0 };
             assert_eq!(biases.len(), want, "{name} {form}: {biases:?}");
+            let config: serde_json::Value =
+                serde_json::from_str(&fs::read_to_string(out.join("config.json")).unwrap())
+                    .unwrap();
+            let auto_map = config["auto_map"]["AutoModelForCausalLM"].as_str();
+            let remote_code = out.join("modeling_grasp.py").is_file();
+            if factorized {
+                let class = match name {
+                    "qwen2-tiny" => "modeling_grasp.GraspQwen2ForCausalLM",
+                    "mistral-tiny" => "modeling_grasp.GraspMistralForCausalLM",
+                    _ => "modeling_grasp.GraspLlamaForCausalLM",
+                };
+                assert_eq!((auto_map, remote_code), (Some(class), true), "{name}");
+            } else {
+                assert_eq!((auto_map, remote_code), (None, false), "{name} merged");
+            }
             let reloaded = load(&out, DType::F32).model;
             if name == "qwen2-tiny" {
                 let q = reloaded.layers[1].self_attn.q_proj.bias().unwrap();
