@@ -14,10 +14,9 @@ use candle_core::{DType, Device, Tensor};
 use crate::io::gguf_meta::{gguf_tensor_name, interleave_rotary, Arch};
 use crate::io::gguf_vocab_out::{tokenizer_metadata, SpecialIds};
 use crate::io::load::Loaded;
+use crate::io::save::{checkpoint_tensors, OutputForm, Tensors};
 use crate::io::staging::Staging;
 use crate::model::config::LlamaConfig;
-use crate::model::linear::Linear;
-use crate::model::llama::Projection;
 use crate::model::Llama;
 
 /// Storage of the exported weight matrices (norms, biases and rope factors stay F32, as
@@ -166,63 +165,31 @@ fn hparams(c: &LlamaConfig, arch: Arch, name: &str, ty: GgufType) -> Vec<(String
     meta
 }
 
-/// Every tensor under its llama.cpp name, f32 on the CPU, q and k in llama.cpp's rotary
-/// layout where the architecture wants it, and Llama 3's rope scaling as llama.cpp's
-/// `rope_freqs.weight` (the factor dividing each rotary frequency).
-fn gguf_tensors(model: &Llama, arch: Arch) -> Result<Vec<(String, Tensor)>> {
+/// Every tensor under its llama.cpp name, f32 on the CPU, q and k (weights and biases) in
+/// llama.cpp's rotary layout where the architecture wants it, and Llama 3's rope scaling as
+/// llama.cpp's `rope_freqs.weight` (the factor dividing each rotary frequency).
+fn gguf_tensors(model: &Llama, arch: Arch) -> Result<Tensors> {
     let c = &model.config;
-    let f32 =
-        |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?) };
-    let mut hf: Vec<(String, Tensor)> = vec![(
-        "model.embed_tokens.weight".into(),
-        f32(&model.embed_tokens)?,
-    )];
-    for (i, layer) in model.layers.iter().enumerate() {
-        let prefix = format!("model.layers.{i}");
-        hf.push((
-            format!("{prefix}.input_layernorm.weight"),
-            f32(&layer.input_layernorm)?,
-        ));
-        hf.push((
-            format!("{prefix}.post_attention_layernorm.weight"),
-            f32(&layer.post_attention_layernorm)?,
-        ));
-        for p in Projection::ALL {
-            let Linear::Dense { weight, bias } = layer.projection(p) else {
-                bail!("{} is not dense", p.module_name(i));
-            };
-            let heads = match p {
-                Projection::Q => Some(c.num_attention_heads),
-                Projection::K => Some(c.num_key_value_heads),
-                _ => None,
-            };
-            let layout = |t: Tensor| -> Result<Tensor> {
-                match heads.filter(|_| arch.interleaves_rotary()) {
-                    Some(h) => interleave_rotary(&t, h),
-                    None => Ok(t),
-                }
-            };
-            hf.push((
-                format!("{}.weight", p.module_name(i)),
-                layout(f32(weight)?)?,
-            ));
-            if let Some(b) = bias {
-                hf.push((format!("{}.bias", p.module_name(i)), layout(f32(b)?)?));
-            }
-        }
-    }
-    hf.push(("model.norm.weight".into(), f32(&model.norm)?));
-    if let Some(head) = &model.lm_head {
-        hf.push(("lm_head.weight".into(), f32(head)?));
-    }
+    let (hf, _) = checkpoint_tensors(model, OutputForm::Merged, DType::F32)?;
     let mut out = hf
         .into_iter()
         .map(|(name, t)| {
             let gguf =
                 gguf_tensor_name(&name).with_context(|| format!("no GGUF name for {name}"))?;
+            let heads = if name.contains(".q_proj.") {
+                Some(c.num_attention_heads)
+            } else if name.contains(".k_proj.") {
+                Some(c.num_key_value_heads)
+            } else {
+                None
+            };
+            let t = match heads.filter(|_| arch.interleaves_rotary()) {
+                Some(h) => interleave_rotary(&t, h)?,
+                None => t,
+            };
             Ok((gguf, t))
         })
-        .collect::<Result<Vec<_>>>()?;
+        .collect::<Result<Tensors>>()?;
     if c.rope_scaling.is_some() {
         out.push(("rope_freqs.weight".into(), rope_factors(c)?));
     }

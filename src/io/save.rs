@@ -86,11 +86,11 @@ fn family_class(config: &crate::model::LlamaConfig) -> &'static str {
     }
 }
 
-type Tensors = Vec<(String, Tensor)>;
+pub(crate) type Tensors = Vec<(String, Tensor)>;
 
 /// Every tensor of the checkpoint in HF naming, on the CPU in `dtype`, plus the ranks of the
 /// projections stored factorized.
-fn checkpoint_tensors(
+pub(crate) fn checkpoint_tensors(
     model: &Llama,
     form: OutputForm,
     dtype: DType,
