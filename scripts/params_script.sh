@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # Parameters shared by scripts/run_grasp.sh and scripts/run_evaluate.sh (the original GRASP
-# project's variable names). Edit, or override any of them from the environment.
+# project's variable names). Edit, or override any of them from the environment. Variables
+# read with ${VAR-default} may be set empty to mean "none" (EVAL_PPL= evaluates no perplexity,
+# DATA_DIR= passes no --data-dir); the others fall back to their default when empty.
 
 # --- model and data ---
 MODEL_NAME_OR_PATH=${MODEL_NAME_OR_PATH:-models/smollm2-135m}
 DATASET_NAME=${DATASET_NAME:-wikitext2}
-DATA_DIR=${DATA_DIR:-../shared/data}
+DATA_DIR=${DATA_DIR-../shared/data}
 NUM_SAMPLES=${NUM_SAMPLES:-8}
 SEQ_LEN=${SEQ_LEN:-128}
 BATCH_SIZE=${BATCH_SIZE:-1}
 SEED=${SEED:-42}
 
 # --- which layers and modules ---
-LAYERS_ID=${LAYERS_ID:-}              # e.g. "12,13,25"; empty: choose by Block Influence
+LAYERS_ID=${LAYERS_ID-}               # e.g. "12,13,25"; empty: choose by Block Influence
 NUM_PRUNE_LAYERS=${NUM_PRUNE_LAYERS:-4}
 ANGULAR=${ANGULAR:-false}
 MLP_TARGET_LAYER_TYPES=${MLP_TARGET_LAYER_TYPES:-gate_proj,up_proj,down_proj}
@@ -22,20 +24,20 @@ ATTN_TARGET_LAYER_TYPES=${ATTN_TARGET_LAYER_TYPES:-q_proj,k_proj,v_proj,o_proj}
 METHOD=${METHOD:-grasp}               # grasp | svd | remove
 METRIC=${METRIC:-taylor}              # taylor | gradient
 COMPRESSION_RATIO=${COMPRESSION_RATIO:-0.5}
-THRESHOLD_RATIO=${THRESHOLD_RATIO:-}  # e.g. 0.8; empty: use COMPRESSION_RATIO
+THRESHOLD_RATIO=${THRESHOLD_RATIO-}   # e.g. 0.8; empty: use COMPRESSION_RATIO
 
 # --- run and output ---
 DEVICE=${DEVICE:-cpu}
-DTYPE=${DTYPE:-}
+DTYPE=${DTYPE-}
 SAVE_PATH=${SAVE_PATH:-out/smollm2-135m-grasp}
 MERGE=${MERGE:-false}
 FORCE=${FORCE:-false}
 VERBOSE=${VERBOSE:-false}
-LOG_FILE=${LOG_FILE:-}
+LOG_FILE=${LOG_FILE-}
 
 # --- evaluation (scripts/run_evaluate.sh) ---
-EVAL_TASKS=${EVAL_TASKS:-arc_easy,arc_challenge,piqa,hellaswag,winogrande,openbookqa,boolq,mathqa}
-EVAL_PPL=${EVAL_PPL:-wikitext2,ptb}
-EVAL_LIMIT=${EVAL_LIMIT:-}
+EVAL_TASKS=${EVAL_TASKS-arc_easy,arc_challenge,piqa,hellaswag,winogrande,openbookqa,boolq,mathqa}
+EVAL_PPL=${EVAL_PPL-wikitext2,ptb}
+EVAL_LIMIT=${EVAL_LIMIT-}
 EVAL_BATCH_SIZE=${EVAL_BATCH_SIZE:-16}
-EVAL_JSON=${EVAL_JSON:-}
+EVAL_JSON=${EVAL_JSON-}

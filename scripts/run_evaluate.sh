@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Perplexity and zero-shot accuracy of the model in SAVE_PATH (see scripts/params_script.sh for
 # the variables; any of them can be overridden from the environment). Extra arguments are passed
-# on to `grasp eval`, e.g. `scripts/run_evaluate.sh --num-fewshot 5`.
+# on to `grasp eval`, e.g. `scripts/run_evaluate.sh --num-fewshot 5`. EVAL_PPL= (empty) skips
+# perplexity and EVAL_TASKS= the zero-shot tasks.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

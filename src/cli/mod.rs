@@ -5,6 +5,7 @@ mod compress;
 mod config_file;
 mod convert;
 mod eval;
+mod export;
 mod frontier;
 mod layers;
 mod preflight;
@@ -22,8 +23,9 @@ use clap::{CommandFactory, Parser, Subcommand};
                   Pipeline: `grasp layers` scores each decoder layer's Block Influence, \
                   `grasp compress` replaces the least influential layers' projections by the \
                   singular values whose gradient attribution is largest, `grasp eval` measures \
-                  perplexity and zero-shot accuracy, and `grasp convert` turns a GGUF file into \
-                  a Hugging Face checkpoint."
+                  perplexity and zero-shot accuracy, `grasp convert` turns a GGUF file into \
+                  a Hugging Face checkpoint and `grasp export` a dense checkpoint into a GGUF \
+                  file."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -47,6 +49,8 @@ enum Command {
     /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/...) into a Hugging Face directory.
     #[command(allow_negative_numbers = true)]
     Convert(convert::ConvertArgs),
+    /// Export a dense checkpoint (input, merged or removed output) as a llama.cpp GGUF file.
+    Export(export::ExportArgs),
 }
 
 pub fn main() -> anyhow::Result<()> {
@@ -58,5 +62,6 @@ pub fn main() -> anyhow::Result<()> {
         Command::Eval(args) => eval::run(*args),
         Command::Frontier(args) => frontier::run(*args),
         Command::Convert(args) => convert::run(args),
+        Command::Export(args) => export::run(args),
     }
 }

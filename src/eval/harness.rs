@@ -3,7 +3,7 @@
 //! per right-padded batch, the choices of a question packed in one row with their context once.
 
 use std::cmp::Reverse;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{bail, ensure, Context, Result};
 use indicatif::ProgressBar;
@@ -12,7 +12,7 @@ use tokenizers::Tokenizer;
 use crate::eval::{CausalLm, PackedRow};
 
 /// One log-likelihood query: log p(continuation | context), both already tokenized.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Request {
     pub context_ids: Vec<u32>,
     pub continuation_ids: Vec<u32>,
@@ -59,7 +59,8 @@ fn encode(tokenizer: &Tokenizer, text: &str) -> Result<Vec<u32>> {
 /// and to itself only, so the context is computed once for all choices. Rows are sorted by
 /// length, longest first (so a batch's padding is small and memory peaks on the first
 /// batch), right-padded to the longest in each batch of `batch_size` rows and scored with one
-/// forward per batch, the LM head only at continuation positions. A request longer than
+/// forward per batch, the LM head only at continuation positions. Identical requests are
+/// scored once and get the same score. A request longer than
 /// [`CausalLm::max_positions`] + 1 tokens loses its oldest context tokens.
 pub fn loglikelihoods(
     model: &dyn CausalLm,
@@ -83,9 +84,20 @@ pub fn loglikelihoods(
         .iter()
         .map(|r| Window::new(r, max_positions))
         .collect();
+    // Identical requests (a question with two equal options) are scored once: scored as two
+    // branches of one row they could differ in the last bits, and the tie lm-eval gives to
+    // the first option could go to either.
+    let mut first_of: HashMap<&Request, usize> = HashMap::new();
+    let scored_as: Vec<usize> = requests
+        .iter()
+        .enumerate()
+        .map(|(i, r)| *first_of.entry(r).or_insert(i))
+        .collect();
     let mut by_trunk: BTreeMap<&[u32], Vec<usize>> = BTreeMap::new();
     for (i, window) in windows.iter().enumerate() {
-        by_trunk.entry(window.trunk()).or_default().push(i);
+        if scored_as[i] == i {
+            by_trunk.entry(window.trunk()).or_default().push(i);
+        }
     }
     let mut groups: Vec<(Vec<usize>, PackedRow)> = by_trunk
         .into_values()
@@ -102,6 +114,10 @@ pub fn loglikelihoods(
             scores[i] = score;
         }
         progress.inc(chunk.iter().map(|(group, _)| group.len()).sum::<usize>() as u64);
+    }
+    for (i, &first) in scored_as.iter().enumerate().filter(|(i, &f)| *i != f) {
+        scores[i] = scores[first];
+        progress.inc(1);
     }
     Ok(scores)
 }

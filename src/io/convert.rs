@@ -1,18 +1,19 @@
-//! GGUF (llama.cpp) to Hugging Face conversion for Llama-architecture models: dequantized
-//! `model.safetensors` with transformers' tensor names and layout, `config.json`,
+//! GGUF (llama.cpp) to Hugging Face conversion for Llama- and Qwen2-architecture models:
+//! dequantized `model.safetensors` with transformers' tensor names and layout, `config.json`,
 //! `tokenizer.json` and `tokenizer_config.json`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::gguf_file::Content;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value as Json};
 use tokenizers::Tokenizer;
 
+use crate::io::gguf_meta::{deinterleave_rotary, hf_tensor_name, Arch, GgufMetadata};
 use crate::io::gguf_tokenizer::GgufVocab;
 use crate::io::out_path::check_output_dir;
 use crate::io::staging::{write_json, write_safetensors, Staging};
@@ -34,7 +35,7 @@ pub struct ConvertSummary {
     pub source_types: BTreeMap<String, usize>,
 }
 
-/// Converts the Llama GGUF file `gguf` into the Hugging Face directory `out`, with weights in
+/// Converts the Llama or Qwen2 GGUF file `gguf` into the Hugging Face directory `out`, with weights in
 /// `dtype`. An existing `out` is refused unless `force`, and then replaced only once the new
 /// directory is complete; nothing is left behind on failure.
 pub fn convert_gguf(gguf: &Path, out: &Path, dtype: DType, force: bool) -> Result<ConvertSummary> {
@@ -88,116 +89,9 @@ pub fn convert_gguf(gguf: &Path, out: &Path, dtype: DType, force: bool) -> Resul
     })
 }
 
-/// Typed access to a GGUF file's metadata; errors name the key.
-pub struct GgufMetadata<'a>(&'a HashMap<String, Value>);
-
-impl<'a> GgufMetadata<'a> {
-    pub fn new(metadata: &'a HashMap<String, Value>) -> Self {
-        Self(metadata)
-    }
-
-    fn typed<T>(
-        &self,
-        key: &str,
-        what: &str,
-        read: impl Fn(&'a Value) -> Option<T>,
-    ) -> Result<Option<T>> {
-        match self.0.get(key) {
-            None => Ok(None),
-            Some(value) => read(value).map(Some).with_context(|| {
-                format!(
-                    "GGUF metadata {key}: expected {what}, found {:?}",
-                    value.value_type()
-                )
-            }),
-        }
-    }
-
-    fn array<T>(
-        &self,
-        key: &str,
-        what: &str,
-        read: impl Fn(&'a Value) -> Option<T>,
-    ) -> Result<Option<Vec<T>>> {
-        self.typed(key, what, |value| match value {
-            Value::Array(items) => items.iter().map(&read).collect(),
-            _ => None,
-        })
-    }
-
-    pub fn usize(&self, key: &str) -> Result<Option<usize>> {
-        self.typed(key, "a non-negative integer", integer)
-    }
-
-    pub fn required_usize(&self, key: &str) -> Result<usize> {
-        self.usize(key)?
-            .with_context(|| format!("GGUF metadata has no {key}"))
-    }
-
-    pub fn f64(&self, key: &str) -> Result<Option<f64>> {
-        self.typed(key, "a number", float)
-    }
-
-    pub fn bool(&self, key: &str) -> Result<Option<bool>> {
-        self.typed(key, "a boolean", |value| match value {
-            Value::Bool(b) => Some(*b),
-            _ => None,
-        })
-    }
-
-    pub fn str(&self, key: &str) -> Result<Option<&'a str>> {
-        self.typed(key, "a string", string)
-    }
-
-    pub fn strings(&self, key: &str) -> Result<Option<Vec<&'a str>>> {
-        self.array(key, "an array of strings", string)
-    }
-
-    pub fn usizes(&self, key: &str) -> Result<Option<Vec<usize>>> {
-        self.array(key, "an array of non-negative integers", integer)
-    }
-
-    pub fn f32s(&self, key: &str) -> Result<Option<Vec<f32>>> {
-        self.array(key, "an array of numbers", |value| match value {
-            Value::F32(x) => Some(*x),
-            _ => None,
-        })
-    }
-}
-
-fn integer(value: &Value) -> Option<usize> {
-    match *value {
-        Value::U8(x) => Some(x.into()),
-        Value::U16(x) => Some(x.into()),
-        Value::U32(x) => usize::try_from(x).ok(),
-        Value::U64(x) => usize::try_from(x).ok(),
-        Value::I8(x) => usize::try_from(x).ok(),
-        Value::I16(x) => usize::try_from(x).ok(),
-        Value::I32(x) => usize::try_from(x).ok(),
-        Value::I64(x) => usize::try_from(x).ok(),
-        _ => None,
-    }
-}
-
-/// GGUF keeps hyperparameters in f32; going through the shortest decimal that round-trips
-/// gives back the value the model's authors wrote (1e-5, not 9.999999747378752e-6).
-fn float(value: &Value) -> Option<f64> {
-    match *value {
-        Value::F32(x) => x.to_string().parse().ok(),
-        Value::F64(x) => Some(x),
-        _ => None,
-    }
-}
-
-fn string(value: &Value) -> Option<&str> {
-    match value {
-        Value::String(s) => Some(s),
-        _ => None,
-    }
-}
-
-/// The `llama.*` hyperparameters of a GGUF file.
+/// The `{arch}.*` hyperparameters of a GGUF file.
 struct LlamaHparams {
+    arch: Arch,
     hidden_size: usize,
     intermediate_size: usize,
     num_layers: usize,
@@ -213,114 +107,82 @@ struct LlamaHparams {
 
 impl LlamaHparams {
     fn from_metadata(meta: &GgufMetadata) -> Result<Self> {
-        match meta.str("general.architecture")? {
-            Some("llama") => {}
-            Some(other) => {
-                bail!("architecture `{other}`: only `llama` GGUF files can be converted")
-            }
-            None => bail!("GGUF metadata has no general.architecture"),
-        }
-        let hidden_size = meta.required_usize("llama.embedding_length")?;
-        let num_heads = meta.required_usize("llama.attention.head_count")?;
+        let arch = Arch::parse(
+            meta.str("general.architecture")?
+                .context("GGUF metadata has no general.architecture")?,
+        )?;
+        let key = |k: &str| arch.key(k);
+        let hidden_size = meta.required_usize(&key("embedding_length"))?;
+        let num_heads = meta.required_usize(&key("attention.head_count"))?;
         if num_heads == 0 {
-            bail!("llama.attention.head_count is 0");
+            bail!("{} is 0", key("attention.head_count"));
         }
         let num_kv_heads = meta
-            .usize("llama.attention.head_count_kv")?
+            .usize(&key("attention.head_count_kv"))?
             .unwrap_or(num_heads);
         if num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
-            bail!("llama.attention.head_count_kv {num_kv_heads} does not divide the {num_heads} heads");
+            bail!(
+                "{} {num_kv_heads} does not divide the {num_heads} heads",
+                key("attention.head_count_kv")
+            );
         }
-        let head_dim = match meta.usize("llama.attention.key_length")? {
+        let head_dim = match meta.usize(&key("attention.key_length"))? {
             Some(d) => d,
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => bail!(
-                "llama.embedding_length {hidden_size} is not a multiple of the {num_heads} heads"
+                "{} {hidden_size} is not a multiple of the {num_heads} heads",
+                key("embedding_length")
             ),
         };
-        if let Some(rotary) = meta.usize("llama.rope.dimension_count")? {
+        if let Some(rotary) = meta.usize(&key("rope.dimension_count"))? {
             if rotary != head_dim {
-                bail!("llama.rope.dimension_count {rotary} differs from the head size {head_dim}: partial rotary embeddings are not supported");
+                bail!("{} {rotary} differs from the head size {head_dim}: partial rotary embeddings are not supported", key("rope.dimension_count"));
             }
         }
+        let eps_key = key("attention.layer_norm_rms_epsilon");
         Ok(Self {
+            arch,
             hidden_size,
-            intermediate_size: meta.required_usize("llama.feed_forward_length")?,
-            num_layers: meta.required_usize("llama.block_count")?,
+            intermediate_size: meta.required_usize(&key("feed_forward_length"))?,
+            num_layers: meta.required_usize(&key("block_count"))?,
             num_heads,
             num_kv_heads,
             head_dim,
-            context_length: meta.required_usize("llama.context_length")?,
+            context_length: meta.required_usize(&key("context_length"))?,
             rms_norm_eps: meta
-                .f64("llama.attention.layer_norm_rms_epsilon")?
-                .context("GGUF metadata has no llama.attention.layer_norm_rms_epsilon")?,
-            rope_theta: meta.f64("llama.rope.freq_base")?.unwrap_or(10_000.0),
-            rope_scaling: rope_scaling(meta)?,
+                .f64(&eps_key)?
+                .with_context(|| format!("GGUF metadata has no {eps_key}"))?,
+            rope_theta: meta.f64(&key("rope.freq_base"))?.unwrap_or(10_000.0),
+            rope_scaling: rope_scaling(meta, arch)?,
         })
     }
 }
 
-/// `llama.rope.scaling.*` (or the older `llama.rope.scale_linear`) as transformers'
+/// `{arch}.rope.scaling.*` (or the older `{arch}.rope.scale_linear`) as transformers'
 /// `rope_scaling`.
-fn rope_scaling(meta: &GgufMetadata) -> Result<Option<Json>> {
-    let kind = meta.str("llama.rope.scaling.type")?;
-    let factor = match meta.f64("llama.rope.scaling.factor")? {
+fn rope_scaling(meta: &GgufMetadata, arch: Arch) -> Result<Option<Json>> {
+    let key = |k: &str| arch.key(k);
+    let kind = meta.str(&key("rope.scaling.type"))?;
+    let factor = match meta.f64(&key("rope.scaling.factor"))? {
         Some(f) => Some(f),
-        None => meta.f64("llama.rope.scale_linear")?,
+        None => meta.f64(&key("rope.scale_linear"))?,
     };
     let kind = match (kind, factor) {
         (Some("none"), _) | (None, None) => return Ok(None),
         (Some(kind), _) => kind,
         (None, Some(_)) => "linear",
     };
-    let factor = factor
-        .with_context(|| format!("llama.rope.scaling.type is `{kind}` but no factor is given"))?;
+    let factor = factor.with_context(|| {
+        format!(
+            "{} is `{kind}` but no factor is given",
+            key("rope.scaling.type")
+        )
+    })?;
     let mut scaling = json!({"rope_type": kind, "factor": factor});
-    if let Some(n) = meta.usize("llama.rope.scaling.original_context_length")? {
+    if let Some(n) = meta.usize(&key("rope.scaling.original_context_length"))? {
         scaling["original_max_position_embeddings"] = json!(n);
     }
     Ok(Some(scaling))
-}
-
-/// The transformers name of a llama.cpp tensor, or None when it is not part of a Llama.
-fn hf_tensor_name(gguf_name: &str) -> Option<String> {
-    let stem = gguf_name.strip_suffix(".weight")?;
-    let hf_stem = match stem {
-        "token_embd" => "model.embed_tokens".to_string(),
-        "output_norm" => "model.norm".to_string(),
-        "output" => "lm_head".to_string(),
-        _ => {
-            let (layer, part) = stem.strip_prefix("blk.")?.split_once('.')?;
-            let layer: usize = layer.parse().ok()?;
-            let hf_part = match part {
-                "attn_q" => "self_attn.q_proj",
-                "attn_k" => "self_attn.k_proj",
-                "attn_v" => "self_attn.v_proj",
-                "attn_output" => "self_attn.o_proj",
-                "ffn_gate" => "mlp.gate_proj",
-                "ffn_up" => "mlp.up_proj",
-                "ffn_down" => "mlp.down_proj",
-                "attn_norm" => "input_layernorm",
-                "ffn_norm" => "post_attention_layernorm",
-                _ => return None,
-            };
-            format!("model.layers.{layer}.{hf_part}")
-        }
-    };
-    Some(format!("{hf_stem}.weight"))
-}
-
-/// llama.cpp stores q and k rows with each head's two rotary halves interleaved
-/// (`reshape(heads, 2, d/2, in).swapaxes(1, 2)`); transformers rotates halves, so swap back.
-fn unpermute_rotary(weight: &Tensor, heads: usize) -> Result<Tensor> {
-    let (rows, cols) = weight.dims2()?;
-    if rows % (2 * heads) != 0 {
-        bail!("{rows} rows cannot be split into {heads} heads of rotary pairs");
-    }
-    Ok(weight
-        .reshape((heads, rows / heads / 2, 2, cols))?
-        .transpose(1, 2)?
-        .reshape((rows, cols))?)
 }
 
 /// Dequantized tensors under their transformers names.
@@ -345,11 +207,18 @@ fn read_weights(
     let mut source_types = BTreeMap::new();
     let mut f32_tensors = BTreeMap::new();
     for gguf_name in names {
+        if gguf_name == "rope_freqs.weight" {
+            bail!(
+                "rope_freqs.weight (Llama 3 rope scaling as per-frequency factors) cannot be \
+                 turned back into transformers' rope_scaling parameters"
+            );
+        }
         let hf_name = hf_tensor_name(gguf_name)
             .filter(|name| layer_index(name).is_none_or(|l| l < hparams.num_layers))
             .with_context(|| {
                 format!(
-                    "tensor {gguf_name} is not part of a Llama model with {} layers",
+                    "tensor {gguf_name} is not part of a {} model with {} layers",
+                    hparams.arch.name(),
                     hparams.num_layers
                 )
             })?;
@@ -368,10 +237,12 @@ fn read_weights(
         {
             bail!("tensor {gguf_name} holds NaN or infinite values");
         }
-        if hf_name.ends_with("q_proj.weight") {
-            tensor = unpermute_rotary(&tensor, hparams.num_heads)?;
-        } else if hf_name.ends_with("k_proj.weight") {
-            tensor = unpermute_rotary(&tensor, hparams.num_kv_heads)?;
+        if hparams.arch.interleaves_rotary() {
+            if hf_name.contains("q_proj.") {
+                tensor = deinterleave_rotary(&tensor, hparams.num_heads)?;
+            } else if hf_name.contains("k_proj.") {
+                tensor = deinterleave_rotary(&tensor, hparams.num_kv_heads)?;
+            }
         }
         f32_tensors.insert(hf_name, tensor);
     }
@@ -413,7 +284,7 @@ fn same_values(a: &Tensor, b: &Tensor) -> Result<bool> {
         && a.flatten_all()?.to_vec1::<f32>()? == b.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// `config.json` as transformers writes it for `LlamaForCausalLM`.
+/// `config.json` as transformers writes it for `LlamaForCausalLM` or `Qwen2ForCausalLM`.
 fn config_json(h: &LlamaHparams, vocab: &GgufVocab, weights: &HfWeights, dtype: DType) -> Json {
     let dtype = runtime::dtype_name(dtype);
     let mut rope_parameters = json!({"rope_theta": h.rope_theta, "rope_type": "default"});
@@ -422,9 +293,13 @@ fn config_json(h: &LlamaHparams, vocab: &GgufVocab, weights: &HfWeights, dtype: 
             rope_parameters[key] = value.clone();
         }
     }
+    let (architecture, model_type) = match h.arch {
+        Arch::Llama => ("LlamaForCausalLM", "llama"),
+        Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
     json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": model_type,
         "attention_bias": false,
         "attention_dropout": 0.0,
         "bos_token_id": vocab.bos_id,

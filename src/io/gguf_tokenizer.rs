@@ -2,7 +2,8 @@
 //! llama.cpp embeds in a GGUF file (`tokenizer.ggml.*`).
 //!
 //! Two GGUF tokenizer models are supported, the ones Llama-family checkpoints use:
-//! - `gpt2`: byte-level BPE whose merges are stored in the file (SmolLM2, Llama 3, ...);
+//! - `gpt2`: byte-level BPE whose merges are stored in the file (SmolLM2, Llama 3, ...), split
+//!   into words as `tokenizer.ggml.pre` names ([`PreTokenizer`]);
 //! - `llama`: SentencePiece BPE with byte fallback, stored as pieces and scores only.
 
 use std::collections::HashMap;
@@ -17,9 +18,10 @@ use tokenizers::decoders::strip::Strip;
 use tokenizers::models::bpe::{Merges, Vocab, BPE};
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
 use tokenizers::processors::template::TemplateProcessing;
-use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, Tokenizer};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, Tokenizer};
 
-use crate::io::convert::GgufMetadata;
+use crate::io::gguf_meta::GgufMetadata;
+use crate::io::gguf_pretok::PreTokenizer;
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 const NORMAL: usize = 1;
@@ -32,8 +34,8 @@ const SPACE_MARKER: &str = "\u{2581}";
 
 /// How the pieces are merged, by tokenizer model.
 enum Merging {
-    /// `gpt2`: explicit merges, ranked by their order in the file.
-    ByteLevel(Merges),
+    /// `gpt2`: explicit merges, ranked by their order in the file, and the word split.
+    ByteLevel(Merges, PreTokenizer),
     /// `llama`: one score per piece; a higher score merges earlier.
     SentencePiece(Vec<f32>),
 }
@@ -70,10 +72,10 @@ impl GgufVocab {
             None => vec![NORMAL; tokens.len()],
         };
         let merging = match model {
-            "gpt2" => Merging::ByteLevel(parse_merges(&required(
-                meta.strings("tokenizer.ggml.merges")?,
-                "merges",
-            )?)?),
+            "gpt2" => Merging::ByteLevel(
+                parse_merges(&required(meta.strings("tokenizer.ggml.merges")?, "merges")?)?,
+                PreTokenizer::from_gguf(meta.str("tokenizer.ggml.pre")?)?,
+            ),
             "llama" => Merging::SentencePiece(same_length(
                 required(meta.f32s("tokenizer.ggml.scores")?, "scores")?,
                 tokens.len(),
@@ -142,7 +144,7 @@ impl GgufVocab {
     /// transformers' own GGUF conversion does.
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         let mut tokenizer = match &self.merging {
-            Merging::ByteLevel(merges) => self.byte_level_tokenizer(merges.clone())?,
+            Merging::ByteLevel(merges, pre) => self.byte_level_tokenizer(merges.clone(), *pre)?,
             Merging::SentencePiece(scores) => self.sentencepiece_tokenizer(scores)?,
         };
         tokenizer.with_post_processor(Some(self.post_processor()?));
@@ -163,13 +165,15 @@ impl GgufVocab {
             .collect()
     }
 
-    fn byte_level_tokenizer(&self, merges: Merges) -> Result<Tokenizer> {
+    fn byte_level_tokenizer(&self, merges: Merges, pre: PreTokenizer) -> Result<Tokenizer> {
         let bpe = BPE::builder()
             .vocab_and_merges(self.vocab(), merges)
             .build()
             .map_err(|e| anyhow::anyhow!("invalid byte-level BPE vocabulary: {e}"))?;
         let mut tokenizer = Tokenizer::new(bpe);
-        tokenizer.with_pre_tokenizer(Some(ByteLevel::new(false, true, true)));
+        let pre: PreTokenizerWrapper = serde_json::from_value(pre.to_json())
+            .context("cannot build the byte-level pre-tokenizer")?;
+        tokenizer.with_pre_tokenizer(Some(pre));
         tokenizer.with_decoder(Some(ByteLevel::default()));
         Ok(tokenizer)
     }

@@ -8,7 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::load::ModelFiles;
 pub use super::staging::{check_output, write_json};
 use super::staging::{write_safetensors, Staging};
-use crate::model::config::GraspSection;
+use crate::model::config::{Family, GraspSection};
 use crate::model::linear::Linear;
 use crate::model::llama::Projection;
 use crate::model::Llama;
@@ -45,11 +45,25 @@ pub fn save_model(
     let mut config = model.config.clone();
     config.grasp = (!ranks.is_empty()).then_some(GraspSection { ranks });
     let mut json = config.to_json();
+    let remote_code = config.grasp.is_some();
     if let Some(map) = json.as_object_mut() {
         map.insert("torch_dtype".into(), runtime::dtype_name(dtype).into());
         map.remove("dtype");
+        if remote_code {
+            let class = format!("modeling_grasp.Grasp{}ForCausalLM", family_class(&config));
+            map.insert(
+                "auto_map".into(),
+                serde_json::json!({ "AutoModelForCausalLM": class }),
+            );
+        } else {
+            map.remove("auto_map");
+        }
     }
     write_json(&staging.dir().join("config.json"), &json)?;
+    if remote_code {
+        std::fs::write(staging.dir().join("modeling_grasp.py"), MODELING_GRASP)
+            .context("cannot write modeling_grasp.py")?;
+    }
     for file in std::iter::once(&source.tokenizer).chain(&source.extras) {
         let dest = staging
             .dir()
@@ -60,11 +74,23 @@ pub fn save_model(
     staging.commit(out, force)
 }
 
-type Tensors = Vec<(String, Tensor)>;
+/// transformers' remote code for factorized checkpoints (`trust_remote_code=True`).
+const MODELING_GRASP: &str = include_str!("modeling_grasp.py");
+
+/// The stem of the family's transformers class: `Llama` for `LlamaForCausalLM`.
+fn family_class(config: &crate::model::LlamaConfig) -> &'static str {
+    match config.family {
+        Family::Llama => "Llama",
+        Family::Mistral => "Mistral",
+        Family::Qwen2 => "Qwen2",
+    }
+}
+
+pub(crate) type Tensors = Vec<(String, Tensor)>;
 
 /// Every tensor of the checkpoint in HF naming, on the CPU in `dtype`, plus the ranks of the
 /// projections stored factorized.
-fn checkpoint_tensors(
+pub(crate) fn checkpoint_tensors(
     model: &Llama,
     form: OutputForm,
     dtype: DType,

@@ -107,7 +107,7 @@ pub fn build_model(
         let why = if first.ends_with(".bias") {
             format!(
                 "config.json (model_type {}) declares no such bias, and grasp would drop it",
-                config.model_type()
+                config.family.model_type()
             )
         } else if first.as_str() == "lm_head.weight" {
             "config.json ties the head to the embeddings (tie_word_embeddings)".to_string()

@@ -1,4 +1,6 @@
-//! `config.json` of a Llama-family checkpoint, as transformers writes it.
+//! `config.json` of a Llama-family checkpoint, as transformers writes it. The families grasp
+//! runs share one decoder; what differs between them (biases, head size, rotary scaling,
+//! sliding window) is read here into [`LlamaConfig`] and nowhere else.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -22,8 +24,43 @@ pub struct GraspSection {
     pub ranks: BTreeMap<String, usize>,
 }
 
+/// The `model_type`s grasp runs: decoders that differ from Llama's only in their config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl Family {
+    pub const ALL: [Family; 3] = [Family::Llama, Family::Mistral, Family::Qwen2];
+
+    /// The `model_type` of config.json.
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Family::Llama => "llama",
+            Family::Mistral => "mistral",
+            Family::Qwen2 => "qwen2",
+        }
+    }
+
+    fn parse(model_type: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|f| f.model_type() == model_type)
+            .with_context(|| {
+                let names: Vec<_> = Self::ALL.iter().map(|f| f.model_type()).collect();
+                format!(
+                    "model_type `{model_type}` is not supported (supported: {})",
+                    names.join(", ")
+                )
+            })
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
+    pub family: Family,
     pub vocab_size: usize,
     pub hidden_size: usize,
     pub intermediate_size: usize,
@@ -36,8 +73,15 @@ pub struct LlamaConfig {
     pub rope_scaling: Option<Llama3RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
-    pub attention_bias: bool,
+    /// Whether q_proj, k_proj and v_proj carry a bias (Llama's `attention_bias`; always in Qwen2).
+    pub qkv_bias: bool,
+    /// Whether o_proj carries a bias (Llama's `attention_bias`; never in Qwen2).
+    pub o_bias: bool,
     pub mlp_bias: bool,
+    /// Keys further back than this many positions are hidden from a query (Mistral's
+    /// `sliding_window`). grasp's attention does not implement the window, so sequences longer
+    /// than it are refused.
+    pub sliding_window: Option<usize>,
     pub grasp: Option<GraspSection>,
     /// The file as read, so that saving keeps every field we do not interpret.
     pub raw: serde_json::Value,
@@ -45,7 +89,7 @@ pub struct LlamaConfig {
 
 #[derive(Deserialize)]
 struct RawConfig {
-    model_type: Option<String>,
+    model_type: String,
     hidden_act: Option<String>,
     vocab_size: usize,
     hidden_size: usize,
@@ -67,6 +111,10 @@ struct RawConfig {
     attention_bias: bool,
     #[serde(default)]
     mlp_bias: bool,
+    sliding_window: Option<usize>,
+    /// Qwen2's switch for its `sliding_window`.
+    #[serde(default)]
+    use_sliding_window: bool,
     grasp: Option<GraspSection>,
 }
 
@@ -77,9 +125,6 @@ fn default_eps() -> f64 {
 fn default_max_positions() -> usize {
     2048
 }
-
-/// Model types whose decoder is Llama's (pre-norm, RoPE, GQA, SwiGLU).
-const LLAMA_LIKE: &[&str] = &["llama", "mistral", "qwen2", "smollm", "smollm2"];
 
 impl LlamaConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
@@ -108,14 +153,7 @@ impl LlamaConfig {
                 bail!("field `{field}` is 0: the model would have nothing to compute with");
             }
         }
-        if let Some(t) = &raw.model_type {
-            if !LLAMA_LIKE.contains(&t.as_str()) {
-                bail!(
-                    "model_type `{t}` is not Llama-like (supported: {})",
-                    LLAMA_LIKE.join(", ")
-                );
-            }
-        }
+        let family = Family::parse(&raw.model_type)?;
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
                 bail!("hidden_act `{act}` is not supported (Llama uses silu)");
@@ -142,7 +180,17 @@ impl LlamaConfig {
             })
             .unwrap_or(10_000.0);
         let scaling = raw.rope_scaling.as_ref().or(rope_params);
+        let (qkv_bias, o_bias) = match family {
+            Family::Qwen2 => (true, false),
+            Family::Llama | Family::Mistral => (raw.attention_bias, raw.attention_bias),
+        };
+        let sliding_window = match family {
+            Family::Llama => None,
+            Family::Mistral => raw.sliding_window,
+            Family::Qwen2 => raw.sliding_window.filter(|_| raw.use_sliding_window),
+        };
         Ok(Self {
+            family,
             vocab_size: raw.vocab_size,
             hidden_size: raw.hidden_size,
             intermediate_size: raw.intermediate_size,
@@ -155,19 +203,40 @@ impl LlamaConfig {
             rope_scaling: parse_rope_scaling(scaling)?,
             max_position_embeddings: raw.max_position_embeddings,
             tie_word_embeddings: raw.tie_word_embeddings,
-            attention_bias: raw.attention_bias,
+            qkv_bias,
+            o_bias,
             mlp_bias: raw.mlp_bias,
+            sliding_window,
             grasp: raw.grasp,
             raw: value,
         })
     }
 
-    /// `model_type` as written in config.json (`unknown` when absent).
-    pub fn model_type(&self) -> &str {
-        self.raw
-            .get("model_type")
-            .and_then(|t| t.as_str())
-            .unwrap_or("unknown")
+    /// The longest sequence the model attends over exactly: max_position_embeddings, or the
+    /// sliding window when that is shorter.
+    pub fn max_sequence(&self) -> usize {
+        self.sliding_window
+            .map_or(self.max_position_embeddings, |w| {
+                w.min(self.max_position_embeddings)
+            })
+    }
+
+    /// Refuses a sequence of `len` tokens the model cannot run exactly.
+    pub fn check_sequence(&self, len: usize) -> Result<()> {
+        if len > self.max_position_embeddings {
+            bail!(
+                "sequence of {len} tokens exceeds max_position_embeddings {}",
+                self.max_position_embeddings
+            );
+        }
+        if let Some(w) = self.sliding_window.filter(|&w| len > w) {
+            bail!(
+                "sequence of {len} tokens exceeds the {} model's sliding window of {w} tokens, \
+                 which grasp does not implement: use sequences of at most {w}",
+                self.family.model_type()
+            );
+        }
+        Ok(())
     }
 
     /// The config.json to write for a model derived from this one: the original fields with
@@ -234,7 +303,37 @@ mod tests {
                 "num_hidden_layers":2,"num_attention_heads":2}"#,
         )
         .unwrap_err();
-        assert!(format!("{err:#}").contains("not Llama-like"));
+        let err = format!("{err:#}");
+        assert!(err.contains("`gpt2` is not supported"), "{err}");
+        assert!(err.contains("llama, mistral, qwen2"), "{err}");
+    }
+
+    fn family(extra: &str) -> LlamaConfig {
+        LlamaConfig::from_json(&format!(
+            r#"{{"vocab_size":10,"hidden_size":8,"intermediate_size":16,
+                "num_hidden_layers":2,"num_attention_heads":2,"max_position_embeddings":64,
+                {extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn biases_and_windows_follow_the_family() {
+        let qwen = family(r#""model_type":"qwen2","sliding_window":16,"use_sliding_window":false"#);
+        assert!(qwen.qkv_bias && !qwen.o_bias && !qwen.mlp_bias);
+        assert_eq!(qwen.sliding_window, None);
+        let qwen = family(r#""model_type":"qwen2","sliding_window":16,"use_sliding_window":true"#);
+        assert_eq!(qwen.sliding_window, Some(16));
+        let llama = family(r#""model_type":"llama","attention_bias":true"#);
+        assert!(llama.qkv_bias && llama.o_bias);
+        let mistral = family(r#""model_type":"mistral","sliding_window":16,"head_dim":8"#);
+        assert!(!mistral.qkv_bias && !mistral.o_bias);
+        assert_eq!((mistral.head_dim, mistral.max_sequence()), (8, 16));
+        assert!(mistral.check_sequence(16).is_ok());
+        let err = format!("{:#}", mistral.check_sequence(17).unwrap_err());
+        assert!(err.contains("sliding window of 16"), "{err}");
+        let err = LlamaConfig::from_json(r#"{"vocab_size":10}"#).unwrap_err();
+        assert!(format!("{err:#}").contains("model_type"), "{err:#}");
     }
 
     #[test]

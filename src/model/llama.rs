@@ -168,7 +168,7 @@ impl Rotary {
 }
 
 /// Llama 3's frequency-dependent scaling of one inverse frequency (identity without it).
-fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
+pub(crate) fn llama3_scaled(inv_freq: f64, cfg: &LlamaConfig) -> f64 {
     let Some(s) = &cfg.rope_scaling else {
         return inv_freq;
     };
@@ -358,10 +358,10 @@ impl Llama {
                 input_layernorm: lvb.get(h, "input_layernorm.weight")?,
                 post_attention_layernorm: lvb.get(h, "post_attention_layernorm.weight")?,
                 self_attn: Attention {
-                    q_proj: lin(Projection::Q, h, q_dim, cfg.attention_bias)?,
-                    k_proj: lin(Projection::K, h, kv_dim, cfg.attention_bias)?,
-                    v_proj: lin(Projection::V, h, kv_dim, cfg.attention_bias)?,
-                    o_proj: lin(Projection::O, q_dim, h, cfg.attention_bias)?,
+                    q_proj: lin(Projection::Q, h, q_dim, cfg.qkv_bias)?,
+                    k_proj: lin(Projection::K, h, kv_dim, cfg.qkv_bias)?,
+                    v_proj: lin(Projection::V, h, kv_dim, cfg.qkv_bias)?,
+                    o_proj: lin(Projection::O, q_dim, h, cfg.o_bias)?,
                     num_heads: cfg.num_attention_heads,
                     num_kv_heads: cfg.num_key_value_heads,
                     head_dim: cfg.head_dim,
@@ -426,12 +426,7 @@ impl Llama {
         mut visit: impl FnMut(usize, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
         let t = hidden.dim(1)?;
-        if t > self.config.max_position_embeddings {
-            candle_core::bail!(
-                "sequence of {t} tokens exceeds max_position_embeddings {}",
-                self.config.max_position_embeddings
-            );
-        }
+        self.check_sequence(t)?;
         let (cos, sin) = self.rotary.tables(t)?;
         let mut x = hidden.clone();
         for (i, layer) in self.layers.iter().enumerate().take(end).skip(start) {
@@ -439,6 +434,13 @@ impl Llama {
             visit(i, &x)?;
         }
         Ok(x)
+    }
+
+    /// [`LlamaConfig::check_sequence`] as a candle error.
+    fn check_sequence(&self, len: usize) -> Result<()> {
+        self.config
+            .check_sequence(len)
+            .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
     }
 
     pub fn final_norm(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -506,13 +508,9 @@ impl Llama {
     /// masked attention, which is for inference only (it has no backward).
     pub fn packed_hidden(&self, rows: &[PackedRow]) -> Result<Tensor> {
         let (b, t) = (rows.len(), rows.first().map_or(0, PackedRow::len));
-        let max = self.config.max_position_embeddings;
-        if let Some(&p) = rows
-            .iter()
-            .flat_map(|r| &r.positions)
-            .find(|&&p| p as usize >= max)
-        {
-            candle_core::bail!("position {p} exceeds max_position_embeddings {max}");
+        let last = rows.iter().flat_map(|r| &r.positions).max();
+        if let Some(&p) = last {
+            self.check_sequence(p as usize + 1)?;
         }
         let flat = |f: fn(&PackedRow) -> &[u32]| -> Vec<u32> {
             rows.iter().flat_map(|r| f(r).iter().copied()).collect()

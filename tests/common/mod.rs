@@ -5,6 +5,8 @@
 
 pub mod cli;
 
+pub use cli::{assert_success, grasp, stderr};
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
