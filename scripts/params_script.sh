@@ -12,6 +12,7 @@ NUM_SAMPLES=${NUM_SAMPLES:-8}
 SEQ_LEN=${SEQ_LEN:-128}
 BATCH_SIZE=${BATCH_SIZE:-1}
 SEED=${SEED:-42}
+LABEL_SHIFT=${LABEL_SHIFT:-1}         # 2: the official loader's double label shift (reproduction)
 
 # --- which layers and modules ---
 LAYERS_ID=${LAYERS_ID-}               # e.g. "12,13,25"; empty: choose by Block Influence
@@ -21,7 +22,7 @@ MLP_TARGET_LAYER_TYPES=${MLP_TARGET_LAYER_TYPES:-gate_proj,up_proj,down_proj}
 ATTN_TARGET_LAYER_TYPES=${ATTN_TARGET_LAYER_TYPES:-q_proj,k_proj,v_proj,o_proj}
 
 # --- GRASP ---
-METHOD=${METHOD:-grasp}               # grasp | svd | remove
+METHOD=${METHOD:-grasp}               # grasp | svd | remove | hybrid (grasp, removal where better)
 METRIC=${METRIC:-taylor}              # taylor | gradient
 COMPRESSION_RATIO=${COMPRESSION_RATIO:-0.5}
 THRESHOLD_RATIO=${THRESHOLD_RATIO-}   # e.g. 0.8; empty: use COMPRESSION_RATIO

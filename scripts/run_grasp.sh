@@ -15,6 +15,7 @@ fi
 
 args=(compress --model "$MODEL_NAME_OR_PATH" --dataset "$DATASET_NAME"
     --num-samples "$NUM_SAMPLES" --seq-len "$SEQ_LEN" --batch-size "$BATCH_SIZE" --seed "$SEED"
+    --label-shift "$LABEL_SHIFT"
     --method "$METHOD" --metric "$METRIC" --ratio "$COMPRESSION_RATIO"
     --mlp-targets "$MLP_TARGET_LAYER_TYPES" --attn-targets "$ATTN_TARGET_LAYER_TYPES"
     --device "$DEVICE" --out "$SAVE_PATH")

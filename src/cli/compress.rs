@@ -40,13 +40,17 @@ pub struct CompressArgs {
     pub angular: bool,
     /// grasp (gradient attribution), svd (largest singular values), remove (delete layers) or
     /// hybrid (grasp, then remove each layer whose removal gives the lower calibration loss).
+    /// Measured on SmolLM2-135M (README, `grasp frontier`): GRASP beats removal of the same
+    /// layers at ratio 0.95 with 16+ windows of 512 tokens, and loses to it at 0.5-0.7 or with
+    /// small calibration sets; hybrid beat removal at 0.7 with 64 windows.
     #[arg(long, value_enum, default_value = "grasp")]
     pub method: Method,
     /// Importance of a singular value: taylor |g·S| or gradient |g|.
     #[arg(long, value_enum, default_value = "taylor")]
     pub metric: Metric,
     /// Parameter reduction per compressed module: keep k = ⌊in·out·(1−ratio)/(in+out)⌋.
-    #[arg(long, default_value_t = 0.7)]
+    /// 0.95 (the original project's value) did best of the ratios measured; see --method.
+    #[arg(long, default_value_t = 0.95)]
     pub ratio: f64,
     /// Instead of --ratio: keep the smallest set holding this share of the total importance.
     #[arg(long)]
