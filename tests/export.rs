@@ -11,7 +11,8 @@ use std::process::Output;
 
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::{Device, Tensor};
-use common::{grasp, max_abs_diff, shared_dir, stderr, TempDir};
+use common::cli::{grasp, stderr};
+use common::{max_abs_diff, shared_dir, TempDir};
 use grasp::io::gguf_meta::GgufMetadata;
 use grasp::io::gguf_tokenizer::GgufVocab;
 use grasp::io::load::load_tokenizer;

@@ -8,6 +8,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, Tensor};
+use common::cli::*;
 use common::*;
 
 const FAMILIES: [&str; 3] = ["llama3-tiny", "qwen2-tiny", "mistral-tiny"];

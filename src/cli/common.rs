@@ -2,6 +2,8 @@
 
 use clap::Args;
 
+use crate::model::llama::{Block, Projection};
+
 /// Which model to load and where to run it.
 #[derive(Args, Clone, Debug, serde::Serialize)]
 pub struct ModelArgs {
@@ -160,4 +162,52 @@ impl Log {
             let _ = writeln!(f, "{line}");
         }
     }
+}
+
+/// How the chosen layers' projections are compressed (compress and frontier).
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct ProjectionArgs {
+    /// Importance of a singular value: taylor |g·S| or gradient |g|.
+    #[arg(long, value_enum, default_value = "taylor")]
+    pub metric: crate::grasp::selection::Metric,
+    /// MLP projections to compress (gate_proj, up_proj, down_proj); empty for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "gate_proj,up_proj,down_proj"
+    )]
+    pub mlp_targets: Vec<String>,
+    /// Attention projections to compress (q_proj, k_proj, v_proj, o_proj); empty for none.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj"
+    )]
+    pub attn_targets: Vec<String>,
+    /// Precision of the SVD. f64 by default: in f32 the singular vectors of close singular
+    /// values are only accurate to ~1e-4, which moves their gradients by as much.
+    #[arg(long, value_enum, default_value = "f64")]
+    pub svd_dtype: crate::grasp::svd::SvdDtype,
+}
+
+impl ProjectionArgs {
+    /// The MLP and attention targets, parsed.
+    pub fn targets(&self) -> anyhow::Result<(Vec<Projection>, Vec<Projection>)> {
+        Ok((
+            parse_targets(&self.mlp_targets, Block::Mlp, "--mlp-targets")?,
+            parse_targets(&self.attn_targets, Block::Attention, "--attn-targets")?,
+        ))
+    }
+}
+
+fn parse_targets(names: &[String], block: Block, flag: &str) -> anyhow::Result<Vec<Projection>> {
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| match Projection::parse(n) {
+            Some(p) if p.block() == block => Ok(p),
+            _ => anyhow::bail!("{flag}: unknown target type `{n}`"),
+        })
+        .collect()
 }

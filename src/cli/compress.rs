@@ -7,18 +7,16 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
 
-use super::common::{CalibrationArgs, ModelArgs};
+use super::common::{CalibrationArgs, ModelArgs, ProjectionArgs};
 use super::layers::{check_num_prune_layers, print_table, score_layers};
 use crate::grasp::attribution::{Batches, InputCollector, LayerInputs};
 use crate::grasp::compress::{
     compress_layers, CollectedInputs, CompressOptions, Compression, InputCache, Method, Placement,
 };
-use crate::grasp::selection::{Metric, RankRule};
-use crate::grasp::svd::SvdDtype;
+use crate::grasp::selection::RankRule;
 use crate::io::load::load_resolved;
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
-use crate::model::llama::{Block, Projection};
 use crate::runtime;
 
 #[derive(Args, Debug, Serialize)]
@@ -45,9 +43,6 @@ pub struct CompressArgs {
     /// small calibration sets; hybrid beat removal at 0.7 with 64 windows.
     #[arg(long, value_enum, default_value = "grasp")]
     pub method: Method,
-    /// Importance of a singular value: taylor |g·S| or gradient |g|.
-    #[arg(long, value_enum, default_value = "taylor")]
-    pub metric: Metric,
     /// Parameter reduction per compressed module: keep k = ⌊in·out·(1−ratio)/(in+out)⌋.
     /// 0.95 (the original project's value) did best of the ratios measured; see --method.
     #[arg(long, default_value_t = 0.95)]
@@ -55,24 +50,9 @@ pub struct CompressArgs {
     /// Instead of --ratio: keep the smallest set holding this share of the total importance.
     #[arg(long)]
     pub threshold_ratio: Option<f64>,
-    /// MLP projections to compress (gate_proj, up_proj, down_proj); empty for none.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "gate_proj,up_proj,down_proj"
-    )]
-    pub mlp_targets: Vec<String>,
-    /// Attention projections to compress (q_proj, k_proj, v_proj, o_proj); empty for none.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,o_proj"
-    )]
-    pub attn_targets: Vec<String>,
-    /// Precision of the SVD. f64 by default: in f32 the singular vectors of close singular
-    /// values are only accurate to ~1e-4, which moves their gradients by as much.
-    #[arg(long, value_enum, default_value = "f64")]
-    pub svd_dtype: SvdDtype,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub projections: ProjectionArgs,
     /// Write dense weights (a standard Llama checkpoint) instead of two thin matrices each.
     #[arg(long)]
     pub merge: bool,
@@ -91,18 +71,6 @@ pub struct CompressArgs {
     /// TOML file with the same keys as these flags (flags given on the command line win).
     #[arg(long)]
     pub config: Option<PathBuf>,
-}
-
-pub(super) fn parse_targets(names: &[String], block: Block, flag: &str) -> Result<Vec<Projection>> {
-    names
-        .iter()
-        .map(|n| n.trim())
-        .filter(|n| !n.is_empty())
-        .map(|n| match Projection::parse(n) {
-            Some(p) if p.block() == block => Ok(p),
-            _ => bail!("{flag}: unknown target type `{n}`"),
-        })
-        .collect()
 }
 
 fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
@@ -124,7 +92,8 @@ fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
     let name = match args.method {
         Method::Grasp => format!(
             "{model_name}-grasp-{}-{layers}-{rule}",
-            args.metric
+            args.projections
+                .metric
                 .to_possible_value()
                 .map(|v| v.get_name().to_string())
                 .unwrap_or_default()
@@ -155,8 +124,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         None => RankRule::Ratio(args.ratio),
     }
     .validate()?;
-    let mlp_targets = parse_targets(&args.mlp_targets, Block::Mlp, "--mlp-targets")?;
-    let attn_targets = parse_targets(&args.attn_targets, Block::Attention, "--attn-targets")?;
+    let (mlp_targets, attn_targets) = args.projections.targets()?;
 
     let loaded = load_resolved(plan.files, &args.model)?;
     let mut model = loaded.model;
@@ -276,11 +244,11 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let params_before = model.num_params();
     let opts = CompressOptions {
         method: args.method,
-        metric: args.metric,
+        metric: args.projections.metric,
         rule,
         mlp_targets,
         attn_targets,
-        svd_dtype: args.svd_dtype,
+        svd_dtype: args.projections.svd_dtype,
         input_cache,
     };
     let compression = compress_layers(&mut model, &chosen, &batches, &opts, collected)?;

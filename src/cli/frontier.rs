@@ -8,8 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{CalibrationArgs, Log, ModelArgs};
-use super::compress::{bi_pass_collector, input_cache_budget, parse_targets};
+use super::common::{CalibrationArgs, Log, ModelArgs, ProjectionArgs};
+use super::compress::{bi_pass_collector, input_cache_budget};
 use super::layers::{check_num_prune_layers, score_layers};
 use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
@@ -18,12 +18,10 @@ use crate::eval::perplexity::{PerplexitySpec, TokenStream};
 use crate::eval::tasks::TaskOptions;
 use crate::grasp::attribution::LayerInputs;
 use crate::grasp::compress::{CompressOptions, InputCache, Method, Placement};
-use crate::grasp::selection::{Metric, RankRule};
-use crate::grasp::svd::SvdDtype;
+use crate::grasp::selection::RankRule;
 use crate::io::load::{load_resolved, resolve};
 use crate::io::save::write_json;
 use crate::io::staging::Staging;
-use crate::model::llama::Block;
 use crate::pipeline::frontier::{sweep, FrontierPoint, Scoring, SweepPlan};
 use crate::pipeline::plot::frontier_svg;
 use crate::runtime;
@@ -50,26 +48,9 @@ pub struct FrontierArgs {
         default_value = "remove,svd,grasp,hybrid"
     )]
     pub methods: Vec<Method>,
-    /// Importance of a singular value: taylor |g·S| or gradient |g|.
-    #[arg(long, value_enum, default_value = "taylor")]
-    pub metric: Metric,
-    /// MLP projections to compress (gate_proj, up_proj, down_proj).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "gate_proj,up_proj,down_proj"
-    )]
-    pub mlp_targets: Vec<String>,
-    /// Attention projections to compress (q_proj, k_proj, v_proj, o_proj).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,o_proj"
-    )]
-    pub attn_targets: Vec<String>,
-    /// Precision of the SVD.
-    #[arg(long, value_enum, default_value = "f64")]
-    pub svd_dtype: SvdDtype,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub projections: ProjectionArgs,
     /// Perplexity corpus: wikitext2, ptb, c4 or a text/JSONL file.
     #[arg(long, default_value = "wikitext2")]
     pub ppl: String,
@@ -117,8 +98,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     if let Some(r) = args.ratios.iter().find(|r| !(0.0..1.0).contains(*r)) {
         bail!("--ratios: {r} is not in [0, 1)");
     }
-    let mlp_targets = parse_targets(&args.mlp_targets, Block::Mlp, "--mlp-targets")?;
-    let attn_targets = parse_targets(&args.attn_targets, Block::Attention, "--attn-targets")?;
+    let (mlp_targets, attn_targets) = args.projections.targets()?;
     let tasks = Task::parse_list(&args.tasks)?;
     let corpus = Corpus::parse(&args.ppl).context("--ppl")?;
     let data_dir = args.calibration.data_dir.clone().or_else(default_data_dir);
@@ -189,11 +169,11 @@ pub fn run(args: FrontierArgs) -> Result<()> {
         methods: args.methods.clone(),
         compress: CompressOptions {
             method: Method::Grasp,
-            metric: args.metric,
+            metric: args.projections.metric,
             rule: RankRule::Ratio(0.0),
             mlp_targets,
             attn_targets,
-            svd_dtype: args.svd_dtype,
+            svd_dtype: args.projections.svd_dtype,
             input_cache: input_cache.clone(),
         },
     };

@@ -27,7 +27,10 @@ pub fn compress(
     default_out: impl FnOnce(&str) -> PathBuf,
 ) -> Result<CompressPlan> {
     let empty = |list: &[String]| list.iter().all(|t| t.trim().is_empty());
-    if args.method != Method::Remove && empty(&args.mlp_targets) && empty(&args.attn_targets) {
+    if args.method != Method::Remove
+        && empty(&args.projections.mlp_targets)
+        && empty(&args.projections.attn_targets)
+    {
         bail!(
             "--mlp-targets and --attn-targets are both empty: nothing would be compressed \
              (--method remove deletes whole layers)"

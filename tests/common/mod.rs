@@ -5,8 +5,6 @@
 
 pub mod cli;
 
-pub use cli::{assert_success, grasp, stderr};
-
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 
