@@ -312,12 +312,7 @@ pub fn singular_value_gradients(
         progress.set_message(format!("loss {:.4}", done.1 / done.0 as f64));
         Ok((grads, loss))
     };
-    let passes = concurrent_passes(model, layer, batches);
-    let per_batch = if passes > 1 {
-        runtime::single_threaded_in_parallel(batches.ids.len(), passes, batch)?
-    } else {
-        (0..batches.ids.len()).map(batch).collect::<Result<_>>()?
-    };
+    let per_batch = for_each_batch(model, layer, batches, batch)?;
     let mut grads: Vec<Vec<f64>> = vars
         .iter()
         .map(|v| vec![0.0; v.as_tensor().elem_count()])
@@ -342,6 +337,20 @@ pub fn singular_value_gradients(
         grads,
         loss_mean: loss_sum / batches.ids.len().max(1) as f64,
     })
+}
+
+/// `job(n)` for every batch n of a pass from `layer`, in batch order: [`concurrent_passes`]
+/// at a time, each on one thread, or one after the other on the whole pool.
+pub fn for_each_batch<T: Send>(
+    model: &Llama,
+    layer: usize,
+    batches: &Batches,
+    job: impl Fn(usize) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    match concurrent_passes(model, layer, batches) {
+        1 => (0..batches.ids.len()).map(job).collect(),
+        passes => runtime::single_threaded_in_parallel(batches.ids.len(), passes, job),
+    }
 }
 
 /// How many gradient passes from `layer` run at once: on the CPU, one per thread of rayon's

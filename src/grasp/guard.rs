@@ -14,9 +14,8 @@ use candle_core::DType;
 use indicatif::ProgressBar;
 use serde::Serialize;
 
-use super::attribution::{concurrent_passes, Batches, Inputs};
+use super::attribution::{for_each_batch, Batches, Inputs};
 use crate::model::Llama;
-use crate::runtime;
 
 /// What the guard measured for one layer and what it chose.
 #[derive(Clone, Debug, Serialize)]
@@ -50,11 +49,8 @@ pub fn guard_layer(
         progress.inc(batches.ids[n].dims()[0] as u64);
         Ok(losses)
     };
+    let per_batch = for_each_batch(model, layer, batches, both)?;
     let jobs = batches.ids.len();
-    let per_batch = match concurrent_passes(model, layer, batches) {
-        1 => (0..jobs).map(both).collect::<Result<Vec<_>>>()?,
-        passes => runtime::single_threaded_in_parallel(jobs, passes, both)?,
-    };
     let mean =
         |pick: fn(&(f64, f64)) -> f64| per_batch.iter().map(pick).sum::<f64>() / jobs.max(1) as f64;
     let (compressed_loss, removed_loss) = (mean(|l| l.0), mean(|l| l.1));
