@@ -6,6 +6,7 @@ mod config_file;
 mod convert;
 mod eval;
 mod export;
+mod finetune;
 mod frontier;
 mod layers;
 mod preflight;
@@ -46,6 +47,9 @@ enum Command {
     /// Sweep removal, SVD, GRASP and hybrid over layer counts and ratios: the best model for
     /// its size, as a table and a plot.
     Frontier(Box<frontier::FrontierArgs>),
+    /// Recovery training (GRASP*): train the compressed layers on instruction data.
+    #[command(allow_negative_numbers = true)]
+    Finetune(Box<finetune::FinetuneArgs>),
     /// Convert a GGUF file (F32/F16/BF16/Q8_0/Q4_0/Q4_1/...) into a Hugging Face directory.
     #[command(allow_negative_numbers = true)]
     Convert(convert::ConvertArgs),
@@ -61,6 +65,7 @@ pub fn main() -> anyhow::Result<()> {
         Command::Compress(args) => compress::run(*args),
         Command::Eval(args) => eval::run(*args),
         Command::Frontier(args) => frontier::run(*args),
+        Command::Finetune(args) => finetune::run(*args),
         Command::Convert(args) => convert::run(args),
         Command::Export(args) => export::run(args),
     }

@@ -1,0 +1,270 @@
+//! `grasp finetune`: recovery training of a compressed checkpoint (the paper's GRASP*), and the
+//! flags `grasp compress --recovery` shares with it.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde::Serialize;
+
+use super::common::{unsigned, Log, ModelArgs};
+use crate::data::alpaca::{self, ExampleSpec, PromptTemplate};
+use crate::io::load::load_resolved;
+use crate::io::out_path::{check_output_file, resolved};
+use crate::io::save::{save_model, write_json, OutputForm};
+use crate::recovery::plan::{recover, RecoveryPlan};
+use crate::recovery::train::{StepLog, TrainReport, TrainSpec};
+use crate::recovery::trainable::compressed_layers;
+use crate::runtime;
+
+/// How recovery training runs; the names follow the original params_script.sh.
+#[derive(Args, Clone, Debug, Serialize)]
+pub struct RecoveryArgs {
+    /// Alpaca-style records (instruction, input, output): a .json/.jsonl file, or a hub dataset
+    /// id. The default is found under --data-dir (alpaca_cleaned/) before the hub is tried.
+    #[arg(long, default_value = alpaca::DEFAULT_DATASET)]
+    pub data_path: String,
+    /// Examples per optimizer step (the effective batch).
+    #[arg(long, default_value_t = 32, value_parser = unsigned::<usize>)]
+    pub train_batch_size: usize,
+    /// Examples per forward/backward pass; gradients accumulate up to --train-batch-size.
+    #[arg(long, default_value_t = 4, value_parser = unsigned::<usize>)]
+    pub micro_batch_size: usize,
+    #[arg(long, default_value_t = 1, value_parser = unsigned::<usize>)]
+    pub num_epochs: usize,
+    /// Stop after this many optimizer steps (the learning-rate schedule spans them).
+    #[arg(long, value_parser = unsigned::<usize>)]
+    pub max_steps: Option<usize>,
+    #[arg(long, default_value_t = 3e-4)]
+    pub learning_rate: f64,
+    /// Steps of linear warm-up before the linear decay.
+    #[arg(long, default_value_t = 100, value_parser = unsigned::<usize>)]
+    pub warmup_steps: usize,
+    /// AdamW's decoupled weight decay (0, as the Hugging Face Trainer's default).
+    #[arg(long, default_value_t = 0.0)]
+    pub weight_decay: f64,
+    /// Tokens per example; longer examples are cut.
+    #[arg(long, default_value_t = 256, value_parser = unsigned::<usize>)]
+    pub max_length: usize,
+    /// Examples held out (seeded) to measure the loss before and after training.
+    #[arg(long, default_value_t = 2000, value_parser = unsigned::<usize>)]
+    pub val_set_size: usize,
+    /// Train on the prompt's tokens too, not only on the response's.
+    #[arg(long)]
+    pub train_on_inputs: bool,
+    /// End every example with the end-of-sequence token.
+    #[arg(long)]
+    pub add_eos_token: bool,
+    /// Prompt template: alpaca.
+    #[arg(long, default_value = "alpaca")]
+    pub prompt_template_name: String,
+}
+
+impl RecoveryArgs {
+    /// Reads the data and checks the settings (before any model is loaded).
+    pub fn plan(&self, data_dir: Option<&std::path::Path>, seed: u64) -> Result<RecoveryPlan> {
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("--weight-decay must be 0 or more");
+        }
+        let examples = ExampleSpec {
+            template: PromptTemplate::parse(&self.prompt_template_name)
+                .context("--prompt-template-name")?,
+            max_length: self.max_length,
+            train_on_inputs: self.train_on_inputs,
+            add_eos: self.add_eos_token,
+        };
+        if examples.max_length < 2 {
+            bail!("--max-length must be at least 2");
+        }
+        let train = TrainSpec {
+            batch_size: self.train_batch_size,
+            micro_batch_size: self.micro_batch_size,
+            num_epochs: self.num_epochs,
+            max_steps: self.max_steps,
+            learning_rate: self.learning_rate,
+            warmup_steps: self.warmup_steps,
+            weight_decay: self.weight_decay,
+            seed,
+        };
+        let path = alpaca::resolve_data_path(&self.data_path, data_dir)?;
+        RecoveryPlan::new(path, examples, self.val_set_size, train)
+    }
+}
+
+#[derive(Args, Debug, Serialize)]
+pub struct FinetuneArgs {
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub recovery: RecoveryArgs,
+    /// Layers to train (every tensor of each). Default: the layers a factorized checkpoint
+    /// compressed (config.json's grasp.ranks).
+    #[arg(long, value_delimiter = ',')]
+    pub train_layers: Option<Vec<usize>>,
+    /// Directory with the local datasets (default: ../shared/data when it exists).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Seeds the validation split and the order of the examples.
+    #[arg(long, default_value_t = 42, value_parser = unsigned::<u64>)]
+    pub seed: u64,
+    /// Write dense weights instead of keeping factorized projections factorized.
+    #[arg(long)]
+    pub merge: bool,
+    /// Output directory (written atomically; refused if it exists, without --force).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace an existing --out.
+    #[arg(long)]
+    pub force: bool,
+    /// Also write the report (grasp_finetune.json in --out) to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Copy the log lines to this file.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    #[arg(long)]
+    pub verbose: bool,
+    /// A TOML file whose keys are this subcommand's long flags (flags typed win).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+pub fn run(args: FinetuneArgs) -> Result<()> {
+    let start = Instant::now();
+    if let Some(dir) = args.data_dir.as_ref().filter(|d| !d.is_dir()) {
+        bail!("--data-dir {}: no such directory", dir.display());
+    }
+    let files = crate::io::load::resolve(&args.model.model, &args.model.revision)?;
+    let cleaned = super::preflight::output_dir(&args.out, args.force, &files)?;
+    let inputs = files.paths();
+    for (flag, path) in [("--json", &args.json), ("--log-file", &args.log_file)] {
+        if let Some(p) = path {
+            check_output_file(flag, p, &inputs)?;
+            if resolved(p)?.starts_with(resolved(&args.out)?) {
+                bail!("{flag} {} is inside --out, which is replaced", p.display());
+            }
+        }
+    }
+    let mut log = Log::new(args.log_file.as_deref(), args.verbose)?;
+    for line in cleaned {
+        log.info(line);
+    }
+    let plan = args.recovery.plan(args.data_dir.as_deref(), args.seed)?;
+    log.info(format!(
+        "{} records from {}",
+        plan.records.len(),
+        plan.data_path.display()
+    ));
+
+    let loaded = load_resolved(files, &args.model)?;
+    let mut model = loaded.model;
+    let layers = match &args.train_layers {
+        Some(l) => l.clone(),
+        None => compressed_layers(&model),
+    };
+    if layers.is_empty() {
+        bail!(
+            "{} records no compressed layer (config.json has no grasp.ranks); name the layers \
+             to train with --train-layers",
+            loaded.files.dir.display()
+        );
+    }
+    let out_dtype = match &args.model.dtype {
+        Some(d) => runtime::parse_dtype(d)?,
+        None => loaded.checkpoint_dtype,
+    };
+    log.info(format!(
+        "model {} ({} layers, {:.1}M parameters) on {} in {}; training layers {layers:?}",
+        loaded.files.dir.display(),
+        model.num_layers(),
+        model.num_params() as f64 / 1e6,
+        args.model.device,
+        runtime::dtype_name(model.dtype()),
+    ));
+    let report = train_with_progress(&mut model, &loaded.tokenizer, &layers, &plan, &mut log)?;
+
+    let form = if args.merge {
+        OutputForm::Merged
+    } else {
+        OutputForm::Factorized
+    };
+    let mut json = serde_json::json!({
+        "grasp_version": env!("CARGO_PKG_VERSION"),
+        "args": &args,
+        "model": { "path": loaded.files.dir, "num_layers": model.num_layers() },
+        "compute_dtype": runtime::dtype_name(model.dtype()),
+        "output_dtype": runtime::dtype_name(out_dtype),
+        "threads": runtime::num_threads(),
+        "data": &plan,
+        "recovery": &report,
+        "params": model.num_params(),
+        "output_form": if args.merge { "merged" } else { "factorized" },
+    });
+    save_model(&model, &loaded.files, &args.out, form, out_dtype, args.force, |dir, bytes| {
+        json["weights_bytes"] = bytes.into();
+        json["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
+        json["total_s"] = start.elapsed().as_secs_f64().into();
+        write_json(&dir.join("grasp_finetune.json"), &json)
+    })?;
+    if let Some(path) = &args.json {
+        write_json(path, &json)?;
+    }
+    print_summary(&report);
+    log.info(format!("wrote {}", args.out.display()));
+    Ok(())
+}
+
+/// [`recover`] with a progress bar (loss and tokens/s) and a log line every tenth of the run.
+pub fn train_with_progress(
+    model: &mut crate::model::Llama,
+    tokenizer: &tokenizers::Tokenizer,
+    layers: &[usize],
+    plan: &RecoveryPlan,
+    log: &mut Log,
+) -> Result<TrainReport> {
+    let bar = runtime::progress_bar(0, "recovery", "steps");
+    let (mut tokens, mut seconds) = (0usize, 0f64);
+    let mut on_step = |done: usize, total: usize, step: &StepLog| {
+        tokens += step.tokens;
+        seconds += step.seconds;
+        let rate = tokens as f64 / seconds.max(1e-9);
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+        bar.set_message(format!("loss {:.4}, {rate:.0} tokens/s", step.loss));
+        if done % (total / 10).max(1) == 0 || done == total {
+            bar.suspend(|| {
+                log.info(format!(
+                    "step {done}/{total}: loss {:.4}, lr {:.2e}, {rate:.0} tokens/s",
+                    step.loss, step.learning_rate
+                ))
+            });
+        }
+    };
+    let report = recover(model, tokenizer, layers, plan, &mut on_step)?;
+    bar.finish_and_clear();
+    Ok(report)
+}
+
+fn print_summary(r: &TrainReport) {
+    let fmt = |l: Option<f64>| l.map_or("-".into(), |l| format!("{l:.4}"));
+    println!(
+        "trained layers {:?}: {:.2}M parameters in {} tensors, {} examples ({} held out)",
+        r.layers,
+        r.trainable_params as f64 / 1e6,
+        r.trainable_tensors.len(),
+        r.train_examples,
+        r.val_examples
+    );
+    println!(
+        "validation loss {} -> {}; {} steps, {} tokens in {:.1}s ({:.0} tokens/s)",
+        fmt(r.val_loss_before),
+        fmt(r.val_loss_after),
+        r.steps.len(),
+        r.tokens,
+        r.seconds,
+        r.tokens_per_s
+    );
+}

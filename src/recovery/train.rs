@@ -1,0 +1,311 @@
+//! The training loop: micro-batches, gradient accumulation, AdamW and the learning-rate
+//! schedule of the Hugging Face Trainer that the original recovery script runs.
+
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use candle_core::{Device, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::trainable::Trainable;
+use crate::data::alpaca::Example;
+use crate::model::ops;
+use crate::model::Llama;
+
+/// How to train.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainSpec {
+    /// Examples per optimizer step (the effective batch).
+    pub batch_size: usize,
+    /// Examples per forward/backward pass; `batch_size` must be a multiple of it.
+    pub micro_batch_size: usize,
+    pub num_epochs: usize,
+    /// Stop after this many optimizer steps (the schedule is laid out over them).
+    pub max_steps: Option<usize>,
+    pub learning_rate: f64,
+    pub warmup_steps: usize,
+    pub weight_decay: f64,
+    /// Seeds the order of the examples in each epoch.
+    pub seed: u64,
+}
+
+impl TrainSpec {
+    pub fn check(&self) -> Result<()> {
+        if self.micro_batch_size == 0 || self.batch_size == 0 {
+            bail!("--batch-size and --micro-batch-size must be at least 1");
+        }
+        if self.batch_size % self.micro_batch_size != 0 {
+            bail!(
+                "--batch-size {} is not a multiple of --micro-batch-size {}",
+                self.batch_size,
+                self.micro_batch_size
+            );
+        }
+        if self.num_epochs == 0 && self.max_steps.is_none() {
+            bail!("--num-epochs must be at least 1");
+        }
+        if self.max_steps == Some(0) {
+            bail!("--max-steps must be at least 1");
+        }
+        if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
+            bail!("--learning-rate must be a positive number");
+        }
+        Ok(())
+    }
+
+    /// Optimizer steps over `examples` training examples.
+    pub fn total_steps(&self, examples: usize) -> usize {
+        let per_epoch = examples.div_ceil(self.batch_size);
+        self.max_steps.unwrap_or(per_epoch * self.num_epochs)
+    }
+
+    /// The learning rate of optimizer step `step` (0-based) out of `total`: a linear warm-up
+    /// from 0, then a linear decay to 0 at `total` (transformers'
+    /// `get_linear_schedule_with_warmup`).
+    pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
+        let factor = if step < self.warmup_steps {
+            step as f64 / self.warmup_steps.max(1) as f64
+        } else {
+            total.saturating_sub(step) as f64 / total.saturating_sub(self.warmup_steps).max(1) as f64
+        };
+        self.learning_rate * factor
+    }
+}
+
+/// One optimizer step, as the report records it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepLog {
+    pub step: usize,
+    /// Mean loss over the step's scored targets.
+    pub loss: f64,
+    pub learning_rate: f64,
+    /// Tokens run through the model (padding excluded).
+    pub tokens: usize,
+    pub seconds: f64,
+}
+
+/// What a training run did.
+#[derive(Clone, Debug, Serialize)]
+pub struct TrainReport {
+    pub layers: Vec<usize>,
+    pub trainable_params: usize,
+    pub trainable_tensors: Vec<String>,
+    pub train_examples: usize,
+    pub val_examples: usize,
+    pub total_steps: usize,
+    pub val_loss_before: Option<f64>,
+    pub val_loss_after: Option<f64>,
+    pub steps: Vec<StepLog>,
+    pub tokens: usize,
+    pub seconds: f64,
+    pub tokens_per_s: f64,
+}
+
+/// What the caller hears after each step: (steps done, total steps, that step's log).
+pub type OnStep<'a> = dyn FnMut(usize, usize, &StepLog) + 'a;
+
+/// Trains `trainable` (already taken from `model`) on `train`, measuring the mean response
+/// loss on `val` before and after; leaves the trained values in `model` as plain tensors.
+pub fn train(
+    model: &mut Llama,
+    trainable: &Trainable,
+    train: &[Example],
+    val: &[Example],
+    spec: &TrainSpec,
+    on_step: &mut OnStep,
+) -> Result<TrainReport> {
+    spec.check()?;
+    if train.is_empty() {
+        bail!("no training example");
+    }
+    let val_loss_before = validation_loss(model, val, spec.micro_batch_size)?;
+    let total = spec.total_steps(train.len());
+    let mut optimizer = AdamW::new(
+        trainable.vars().to_vec(),
+        ParamsAdamW {
+            lr: spec.learning_rate,
+            weight_decay: spec.weight_decay,
+            ..ParamsAdamW::default()
+        },
+    )?;
+    let start = Instant::now();
+    let mut steps = Vec::with_capacity(total);
+    let mut order = Vec::new();
+    let mut epoch = 0;
+    trainable.apply(model, true)?;
+    for step in 0..total {
+        if order.is_empty() {
+            order = epoch_order(train.len(), spec.seed, epoch);
+            epoch += 1;
+        }
+        let take = spec.batch_size.min(order.len());
+        let batch: Vec<&Example> = order.drain(..take).map(|i| &train[i]).collect();
+        let t = Instant::now();
+        let lr = spec.learning_rate_at(step, total);
+        optimizer.set_learning_rate(lr);
+        let (loss, tokens) = accumulate_and_step(model, trainable, &batch, spec, &mut optimizer)?;
+        let log = StepLog {
+            step,
+            loss,
+            learning_rate: lr,
+            tokens,
+            seconds: t.elapsed().as_secs_f64(),
+        };
+        on_step(step + 1, total, &log);
+        steps.push(log);
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    trainable.apply(model, false)?;
+    let val_loss_after = validation_loss(model, val, spec.micro_batch_size)?;
+    let tokens = steps.iter().map(|s| s.tokens).sum();
+    Ok(TrainReport {
+        layers: trainable.layers.clone(),
+        trainable_params: trainable.num_params(),
+        trainable_tensors: trainable.names().to_vec(),
+        train_examples: train.len(),
+        val_examples: val.len(),
+        total_steps: total,
+        val_loss_before,
+        val_loss_after,
+        steps,
+        tokens,
+        seconds,
+        tokens_per_s: tokens as f64 / seconds.max(1e-9),
+    })
+}
+
+/// The example indices of epoch `epoch`, shuffled with the seed.
+fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    order.shuffle(&mut StdRng::seed_from_u64(seed.wrapping_add(epoch as u64)));
+    order
+}
+
+/// One optimizer step over `batch`: a backward pass per micro-batch, each scaled so that the
+/// gradients add up to those of the mean loss over all the batch's scored targets. Returns
+/// that loss and the tokens run.
+fn accumulate_and_step(
+    model: &Llama,
+    trainable: &Trainable,
+    batch: &[&Example],
+    spec: &TrainSpec,
+    optimizer: &mut AdamW,
+) -> Result<(f64, usize)> {
+    let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
+    let weight = 1.0 / scored as f64;
+    let mut sums: Option<Vec<Tensor>> = None;
+    let (mut loss, mut tokens) = (0.0, 0);
+    let chunks: Vec<&[&Example]> = batch.chunks(spec.micro_batch_size).collect();
+    for (i, micro) in chunks.iter().enumerate() {
+        let l = weighted_loss(model, micro, weight)?;
+        loss += l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        tokens += micro.iter().map(|e| e.ids.len()).sum::<usize>();
+        let mut grads = l.backward()?;
+        let last = i + 1 == chunks.len();
+        let mut next = Vec::with_capacity(trainable.vars().len());
+        for (j, var) in trainable.vars().iter().enumerate() {
+            let g = match grads.remove(var.as_tensor()) {
+                Some(g) => g,
+                None => var.zeros_like()?,
+            };
+            let g = match &sums {
+                Some(s) => (&s[j] + g)?,
+                None => g,
+            };
+            if last {
+                grads.insert(var.as_tensor(), g.clone());
+            }
+            next.push(g);
+        }
+        if last {
+            optimizer.step(&grads)?;
+        } else {
+            sums = Some(next);
+        }
+    }
+    Ok((loss, tokens))
+}
+
+/// Σ over the micro-batch's scored targets of `weight`·(−log p(target)): right-padded rows
+/// (padding is only ever attended to by padding, under the causal mask), each position scored
+/// against the next id.
+fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Result<Tensor> {
+    let device: &Device = model.device();
+    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
+    let rows = examples.len();
+    let mut ids = vec![0u32; rows * t];
+    let mut targets = vec![0u32; rows * t];
+    let mut weights = vec![0f64; rows * t];
+    for (r, e) in examples.iter().enumerate() {
+        ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
+        for (p, &s) in e.scored.iter().enumerate() {
+            targets[r * t + p] = e.ids[p + 1];
+            if s {
+                weights[r * t + p] = weight;
+            }
+        }
+    }
+    let ids = Tensor::from_vec(ids, (rows, t), device)?;
+    let hidden = model.run_layers(&model.embed(&ids)?, 0, model.num_layers(), |_, _| Ok(()))?;
+    let normed = model
+        .final_norm(&hidden)?
+        .reshape((rows * t, model.config.hidden_size))?;
+    let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
+    let targets = Tensor::from_vec(targets, rows * t, device)?;
+    let weights = Tensor::from_vec(weights, rows * t, device)?;
+    Ok(ops::linear_cross_entropy(&normed, head, &targets, &weights)?)
+}
+
+/// Mean loss over every scored target of `examples` (None when there are none), without a
+/// gradient graph.
+pub fn validation_loss(model: &Llama, examples: &[Example], micro: usize) -> Result<Option<f64>> {
+    let scored: usize = examples.iter().map(|e| e.scored_targets()).sum();
+    if scored == 0 {
+        return Ok(None);
+    }
+    let refs: Vec<&Example> = examples.iter().collect();
+    let mut total = 0.0;
+    for chunk in refs.chunks(micro.max(1)) {
+        let l = weighted_loss(model, chunk, 1.0 / scored as f64)?;
+        total += l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+    }
+    Ok(Some(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(warmup: usize) -> TrainSpec {
+        TrainSpec {
+            batch_size: 4,
+            micro_batch_size: 2,
+            num_epochs: 1,
+            max_steps: None,
+            learning_rate: 1.0,
+            warmup_steps: warmup,
+            weight_decay: 0.0,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let s = spec(2);
+        let lrs: Vec<f64> = (0..6).map(|i| s.learning_rate_at(i, 6)).collect();
+        assert_eq!(lrs, [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
+        assert_eq!(spec(0).learning_rate_at(0, 4), 1.0);
+        assert_eq!(s.total_steps(9), 3);
+    }
+
+    #[test]
+    fn batch_must_divide_into_micro_batches() {
+        let mut s = spec(0);
+        s.micro_batch_size = 3;
+        assert!(s.check().is_err());
+    }
+}

@@ -1,0 +1,138 @@
+//! The tensors recovery training updates: every tensor of the chosen decoder layers (norms,
+//! dense weights, the two thin factors of a factorized projection, biases), as f32 [`Var`]s
+//! whatever the model's dtype, so that gradients and AdamW's moments accumulate in full
+//! precision. Everything else stays the model's own tensor, frozen.
+
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor, Var};
+
+use crate::model::linear::Linear;
+use crate::model::llama::{DecoderLayer, Projection};
+use crate::model::Llama;
+
+/// The trainable tensors of `layers`, named as in the checkpoint.
+pub struct Trainable {
+    pub layers: Vec<usize>,
+    names: Vec<String>,
+    vars: Vec<Var>,
+}
+
+impl Trainable {
+    /// Copies every tensor of `layers` (sorted, deduplicated) into an f32 [`Var`]. A layer in
+    /// SVD form (singular values under training) is refused: recovery trains a checkpoint.
+    pub fn new(model: &mut Llama, layers: &[usize]) -> Result<Self> {
+        let mut layers = layers.to_vec();
+        layers.sort_unstable();
+        layers.dedup();
+        if layers.is_empty() {
+            bail!("no layer to train");
+        }
+        if let Some(&bad) = layers.iter().find(|&&l| l >= model.num_layers()) {
+            bail!(
+                "layer {bad} is out of range (the model has {} layers)",
+                model.num_layers()
+            );
+        }
+        let (mut names, mut vars) = (Vec::new(), Vec::new());
+        for &l in &layers {
+            visit_tensors(&mut model.layers[l], l, &mut |name, t| {
+                names.push(name);
+                vars.push(Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+                Ok(())
+            })?;
+        }
+        Ok(Self {
+            layers,
+            names,
+            vars,
+        })
+    }
+
+    pub fn vars(&self) -> &[Var] {
+        &self.vars
+    }
+
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn num_params(&self) -> usize {
+        self.vars.iter().map(|v| v.elem_count()).sum()
+    }
+
+    /// Puts the variables into `model`, in its dtype: `tracked` keeps them in the gradient
+    /// graph (a training step), otherwise they enter as plain tensors (validation, saving).
+    pub fn apply(&self, model: &mut Llama, tracked: bool) -> Result<()> {
+        let dtype = model.dtype();
+        let mut vars = self.vars.iter();
+        for &l in &self.layers {
+            visit_tensors(&mut model.layers[l], l, &mut |_, t| {
+                let var = vars.next().ok_or_else(|| anyhow::anyhow!("layer changed shape"))?;
+                let value = if tracked {
+                    var.as_tensor().clone()
+                } else {
+                    var.as_tensor().detach()
+                };
+                *t = value.to_dtype(dtype)?;
+                Ok(())
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Calls `f` with the checkpoint name and a mutable reference of every tensor of `layer`
+/// (index `l`), in a fixed order.
+fn visit_tensors(
+    layer: &mut DecoderLayer,
+    l: usize,
+    f: &mut impl FnMut(String, &mut Tensor) -> Result<()>,
+) -> Result<()> {
+    f(
+        format!("model.layers.{l}.input_layernorm.weight"),
+        &mut layer.input_layernorm,
+    )?;
+    f(
+        format!("model.layers.{l}.post_attention_layernorm.weight"),
+        &mut layer.post_attention_layernorm,
+    )?;
+    for p in Projection::ALL {
+        let name = p.module_name(l);
+        match layer.projection_mut(p) {
+            Linear::Dense { weight, bias } => {
+                f(format!("{name}.weight"), weight)?;
+                if let Some(b) = bias {
+                    f(format!("{name}.bias"), b)?;
+                }
+            }
+            Linear::Factorized {
+                svd_in,
+                svd_out,
+                bias,
+            } => {
+                f(format!("{name}.svd_in.weight"), svd_in)?;
+                f(format!("{name}.svd_out.weight"), svd_out)?;
+                if let Some(b) = bias {
+                    f(format!("{name}.bias"), b)?;
+                }
+            }
+            Linear::Svd { .. } => bail!("{name} is in SVD form; save the checkpoint first"),
+        }
+    }
+    Ok(())
+}
+
+/// The layers a factorized checkpoint compressed (those with a rank in config.json's `grasp`
+/// section), in order.
+pub fn compressed_layers(model: &Llama) -> Vec<usize> {
+    let mut layers: Vec<usize> = model
+        .config
+        .grasp
+        .iter()
+        .flat_map(|g| g.ranks.keys())
+        .filter_map(|name| name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok())
+        .collect();
+    layers.sort_unstable();
+    layers.dedup();
+    layers
+}
