@@ -203,12 +203,20 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         "params": model.num_params(),
         "output_form": if args.merge { "merged" } else { "factorized" },
     });
-    save_model(&model, &loaded.files, &args.out, form, out_dtype, args.force, |dir, bytes| {
-        json["weights_bytes"] = bytes.into();
-        json["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
-        json["total_s"] = start.elapsed().as_secs_f64().into();
-        write_json(&dir.join("grasp_finetune.json"), &json)
-    })?;
+    save_model(
+        &model,
+        &loaded.files,
+        &args.out,
+        form,
+        out_dtype,
+        args.force,
+        |dir, bytes| {
+            json["weights_bytes"] = bytes.into();
+            json["peak_rss_bytes"] = runtime::peak_rss_bytes().into();
+            json["total_s"] = start.elapsed().as_secs_f64().into();
+            write_json(&dir.join("grasp_finetune.json"), &json)
+        },
+    )?;
     if let Some(path) = &args.json {
         write_json(path, &json)?;
     }
@@ -234,7 +242,7 @@ pub fn train_with_progress(
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(format!("loss {:.4}, {rate:.0} tokens/s", step.loss));
-        if done % (total / 10).max(1) == 0 || done == total {
+        if done.is_multiple_of((total / 10).max(1)) || done == total {
             bar.suspend(|| {
                 log.info(format!(
                     "step {done}/{total}: loss {:.4}, lr {:.2e}, {rate:.0} tokens/s",

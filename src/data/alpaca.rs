@@ -113,12 +113,13 @@ fn local_copy(data_dir: &Path) -> Option<PathBuf> {
 /// Reads the records of a `.json` file (an array of objects) or a `.jsonl` file (one object
 /// per line). A record without `instruction` or `output` is an error naming it.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let records: Vec<Record> = if text.trim_start().starts_with('[') {
         let de = &mut serde_json::Deserializer::from_str(&text);
-        serde_path_to_error::deserialize(de)
-            .map_err(|e| anyhow::anyhow!("{}: record {}: {}", path.display(), e.path(), e.inner()))?
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            anyhow::anyhow!("{}: record {}: {}", path.display(), e.path(), e.inner())
+        })?
     } else {
         text.lines()
             .enumerate()
@@ -206,10 +207,16 @@ pub fn tokenize_examples(
 }
 
 fn eos_id(tokenizer: &Tokenizer) -> Result<u32> {
-    ["</s>", "<|endoftext|>", "<|end_of_text|>", "<|im_end|>", "<|eot_id|>"]
-        .iter()
-        .find_map(|t| tokenizer.token_to_id(t))
-        .context("--add-eos-token: the tokenizer has no known end-of-sequence token")
+    [
+        "</s>",
+        "<|endoftext|>",
+        "<|end_of_text|>",
+        "<|im_end|>",
+        "<|eot_id|>",
+    ]
+    .iter()
+    .find_map(|t| tokenizer.token_to_id(t))
+    .context("--add-eos-token: the tokenizer has no known end-of-sequence token")
 }
 
 /// Splits `examples` into (train, validation) after a shuffle with `seed`; `val_size` examples
@@ -256,13 +263,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("grasp-alpaca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let bad = dir.join("bad.jsonl");
-        std::fs::write(&bad, "{\"instruction\": \"x\", \"output\": \"y\"}\n{\"input\": \"x\"}\n")
-            .unwrap();
+        std::fs::write(
+            &bad,
+            "{\"instruction\": \"x\", \"output\": \"y\"}\n{\"input\": \"x\"}\n",
+        )
+        .unwrap();
         let err = format!("{:#}", read_records(&bad).unwrap_err());
-        assert!(err.contains("line 2") && err.contains("instruction"), "{err}");
+        assert!(
+            err.contains("line 2") && err.contains("instruction"),
+            "{err}"
+        );
         let arr = dir.join("bad.json");
-        std::fs::write(&arr, "[{\"instruction\": \"x\", \"output\": \"y\"}, {\"output\": 1}]")
-            .unwrap();
+        std::fs::write(
+            &arr,
+            "[{\"instruction\": \"x\", \"output\": \"y\"}, {\"output\": 1}]",
+        )
+        .unwrap();
         let err = format!("{:#}", read_records(&arr).unwrap_err());
         assert!(err.contains("record [1]"), "{err}");
         let empty = dir.join("empty.json");

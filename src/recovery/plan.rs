@@ -70,5 +70,12 @@ pub fn recover(
     let (train_set, val_set) =
         alpaca::split_validation(examples, plan.val_set_size, plan.train.seed)?;
     let trainable = Trainable::new(model, layers)?;
-    train(model, &trainable, &train_set, &val_set, &plan.train, on_step)
+    train(
+        model,
+        &trainable,
+        &train_set,
+        &val_set,
+        &plan.train,
+        on_step,
+    )
 }

@@ -38,7 +38,7 @@ impl TrainSpec {
         if self.micro_batch_size == 0 || self.batch_size == 0 {
             bail!("--batch-size and --micro-batch-size must be at least 1");
         }
-        if self.batch_size % self.micro_batch_size != 0 {
+        if !self.batch_size.is_multiple_of(self.micro_batch_size) {
             bail!(
                 "--batch-size {} is not a multiple of --micro-batch-size {}",
                 self.batch_size,
@@ -70,7 +70,8 @@ impl TrainSpec {
         let factor = if step < self.warmup_steps {
             step as f64 / self.warmup_steps.max(1) as f64
         } else {
-            total.saturating_sub(step) as f64 / total.saturating_sub(self.warmup_steps).max(1) as f64
+            total.saturating_sub(step) as f64
+                / total.saturating_sub(self.warmup_steps).max(1) as f64
         };
         self.learning_rate * factor
     }
@@ -233,7 +234,7 @@ fn accumulate_and_step(
 /// Σ over the micro-batch's scored targets of `weight`·(−log p(target)): right-padded rows
 /// (padding is only ever attended to by padding, under the causal mask), each position scored
 /// against the next id.
-fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Result<Tensor> {
+pub fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Result<Tensor> {
     let device: &Device = model.device();
     let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     let rows = examples.len();
@@ -257,7 +258,9 @@ fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Result<Te
     let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
     let targets = Tensor::from_vec(targets, rows * t, device)?;
     let weights = Tensor::from_vec(weights, rows * t, device)?;
-    Ok(ops::linear_cross_entropy(&normed, head, &targets, &weights)?)
+    Ok(ops::linear_cross_entropy(
+        &normed, head, &targets, &weights,
+    )?)
 }
 
 /// Mean loss over every scored target of `examples` (None when there are none), without a

@@ -1,13 +1,14 @@
 //! The tensors recovery training updates: every tensor of the chosen decoder layers (norms,
-//! dense weights, the two thin factors of a factorized projection, biases), as f32 [`Var`]s
-//! whatever the model's dtype, so that gradients and AdamW's moments accumulate in full
-//! precision. Everything else stays the model's own tensor, frozen.
+//! dense weights, the two thin factors of a factorized projection, biases), as [`Var`]s in at
+//! least f32 whatever the model's dtype, so that gradients and AdamW's moments accumulate in
+//! full precision (an f64 model, as the gradient tests run, keeps f64). Everything else stays the model's own tensor, frozen.
 
 use anyhow::{bail, Result};
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 
 use crate::model::linear::Linear;
 use crate::model::llama::{DecoderLayer, Projection};
+use crate::model::ops;
 use crate::model::Llama;
 
 /// The trainable tensors of `layers`, named as in the checkpoint.
@@ -18,7 +19,7 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// Copies every tensor of `layers` (sorted, deduplicated) into an f32 [`Var`]. A layer in
+    /// Copies every tensor of `layers` (sorted, deduplicated) into a [`Var`]. A layer in
     /// SVD form (singular values under training) is refused: recovery trains a checkpoint.
     pub fn new(model: &mut Llama, layers: &[usize]) -> Result<Self> {
         let mut layers = layers.to_vec();
@@ -37,7 +38,7 @@ impl Trainable {
         for &l in &layers {
             visit_tensors(&mut model.layers[l], l, &mut |name, t| {
                 names.push(name);
-                vars.push(Var::from_tensor(&t.to_dtype(DType::F32)?)?);
+                vars.push(Var::from_tensor(&ops::at_least_f32(t)?)?);
                 Ok(())
             })?;
         }
@@ -67,7 +68,9 @@ impl Trainable {
         let mut vars = self.vars.iter();
         for &l in &self.layers {
             visit_tensors(&mut model.layers[l], l, &mut |_, t| {
-                let var = vars.next().ok_or_else(|| anyhow::anyhow!("layer changed shape"))?;
+                let var = vars
+                    .next()
+                    .ok_or_else(|| anyhow::anyhow!("layer changed shape"))?;
                 let value = if tracked {
                     var.as_tensor().clone()
                 } else {
@@ -130,7 +133,13 @@ pub fn compressed_layers(model: &Llama) -> Vec<usize> {
         .grasp
         .iter()
         .flat_map(|g| g.ranks.keys())
-        .filter_map(|name| name.strip_prefix("model.layers.")?.split('.').next()?.parse().ok())
+        .filter_map(|name| {
+            name.strip_prefix("model.layers.")?
+                .split('.')
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect();
     layers.sort_unstable();
     layers.dedup();

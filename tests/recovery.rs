@@ -1,0 +1,288 @@
+//! Recovery training (`grasp finetune`): gradients of the trainable tensors against finite
+//! differences, no gradient for a frozen weight, frozen tensors written back unchanged, the
+//! loss falling on a short run, and one-line refusals of bad data.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use common::cli::{assert_success, compress_ok, grasp, read_json, refusal_problem, stories};
+use common::{load, stories_dir, TempDir};
+use grasp::data::alpaca::{tokenize_examples, Example, ExampleSpec, PromptTemplate, Record};
+use grasp::model::linear::Linear;
+use grasp::model::llama::Projection;
+use grasp::recovery::train::weighted_loss;
+use grasp::recovery::trainable::Trainable;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn records() -> Vec<Record> {
+    vec![
+        Record {
+            instruction: "Tell a story about a cat.".into(),
+            input: String::new(),
+            output: "Once upon a time there was a cat who liked the sun.".into(),
+        },
+        Record {
+            instruction: "Say what the dog did.".into(),
+            input: "The dog ran to the park.".into(),
+            output: "The dog ran.".into(),
+        },
+    ]
+}
+
+fn seeded(rng: &mut StdRng, shape: (usize, usize)) -> Tensor {
+    let values: Vec<f64> = (0..shape.0 * shape.1)
+        .map(|_| rng.random_range(-0.3..0.3))
+        .collect();
+    Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
+}
+
+#[test]
+fn trainable_gradients_match_finite_differences() {
+    let Some(dir) = stories_dir() else { return };
+    let loaded = load(&dir, DType::F64);
+    let mut model = loaded.model;
+    let mut rng = StdRng::seed_from_u64(11);
+    for p in [Projection::Q, Projection::Down] {
+        let lin = model.layers[1].projection_mut(p);
+        let (i, o) = (lin.in_features(), lin.out_features());
+        *lin = Linear::Factorized {
+            svd_in: seeded(&mut rng, (3, i)),
+            svd_out: seeded(&mut rng, (o, 3)),
+            bias: None,
+        };
+    }
+    let spec = ExampleSpec {
+        template: PromptTemplate::Alpaca,
+        max_length: 160,
+        train_on_inputs: false,
+        add_eos: false,
+    };
+    let examples = tokenize_examples(&records(), &loaded.tokenizer, &spec).unwrap();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let weight = 1.0 / examples.iter().map(Example::scored_targets).sum::<usize>() as f64;
+    let frozen_weight = model.layers[2].mlp.down_proj.clone();
+
+    let trainable = Trainable::new(&mut model, &[1, 3]).unwrap();
+    trainable.apply(&mut model, true).unwrap();
+    let grads = weighted_loss(&model, &refs, weight)
+        .unwrap()
+        .backward()
+        .unwrap();
+    if let Linear::Dense { weight, .. } = &frozen_weight {
+        assert!(
+            grads.get(weight).is_none(),
+            "a frozen weight got a gradient"
+        );
+    }
+    trainable.apply(&mut model, false).unwrap();
+    let loss_at = |model: &grasp::model::Llama| -> f64 {
+        weighted_loss(model, &refs, weight)
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let h = 1e-5;
+    let mut checked = 0;
+    for (name, var) in trainable.names().iter().zip(trainable.vars()) {
+        let grad: Vec<f64> = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("{name} has no gradient"))
+            .flatten_all()
+            .unwrap()
+            .to_vec1()
+            .unwrap();
+        let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+        for _ in 0..3 {
+            let i = rng.random_range(0..base.len());
+            let mut at = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+                trainable.apply(&mut model, false).unwrap();
+                loss_at(&model)
+            };
+            let fd = (at(h) - at(-h)) / (2.0 * h);
+            let err = (fd - grad[i]).abs();
+            assert!(
+                err <= 1e-7 + 1e-5 * grad[i].abs(),
+                "{name}[{i}]: backward {} against finite differences {fd}",
+                grad[i]
+            );
+            checked += 1;
+        }
+        var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap())
+            .unwrap();
+    }
+    // Layer 1: two norms, five dense weights, two factorized projections of two factors each;
+    // layer 3: two norms and seven dense weights.
+    assert_eq!(checked, 3 * (11 + 9), "every tensor of both layers");
+}
+
+fn tensors(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.data().to_vec()))
+        .collect()
+}
+
+#[test]
+fn finetune_trains_only_the_compressed_layers_and_lowers_the_loss() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("finetune");
+    let compressed = tmp.join("compressed");
+    compress_ok(
+        &stories,
+        &compressed,
+        &["--layers", "2,3", "--ratio", "0.5"],
+    );
+    let tuned = tmp.join("tuned");
+    let output = grasp()
+        .args(["finetune", "--model"])
+        .arg(&compressed)
+        .arg("--data-dir")
+        .arg(&stories.data)
+        .args([
+            "--max-steps",
+            "6",
+            "--warmup-steps",
+            "1",
+            "--learning-rate",
+            "1e-2",
+        ])
+        .args(["--train-batch-size", "8", "--micro-batch-size", "4"])
+        .args(["--val-set-size", "32", "--max-length", "128"])
+        .arg("--out")
+        .arg(&tuned)
+        .output()
+        .unwrap();
+    assert_success(&output, "grasp finetune");
+    let report = read_json(&tuned.join("grasp_finetune.json"));
+    let r = &report["recovery"];
+    assert_eq!(r["layers"], serde_json::json!([2, 3]));
+    assert_eq!(r["steps"].as_array().unwrap().len(), 6);
+    let (before, after) = (
+        r["val_loss_before"].as_f64().unwrap(),
+        r["val_loss_after"].as_f64().unwrap(),
+    );
+    assert!(after < before - 0.1, "validation loss {before} -> {after}");
+
+    let (old, new) = (tensors(&compressed), tensors(&tuned));
+    assert_eq!(
+        old.keys().collect::<Vec<_>>(),
+        new.keys().collect::<Vec<_>>()
+    );
+    let trained =
+        |name: &str| name.starts_with("model.layers.2.") || name.starts_with("model.layers.3.");
+    for (name, bytes) in &old {
+        if trained(name) {
+            assert_ne!(bytes, &new[name], "{name} did not train");
+        } else {
+            assert_eq!(bytes, &new[name], "{name} is frozen but changed");
+        }
+    }
+    let config = read_json(&tuned.join("config.json"));
+    assert_eq!(
+        config["grasp"],
+        read_json(&compressed.join("config.json"))["grasp"],
+        "the factorized ranks are kept"
+    );
+    common::cli::perplexity(&stories, &tuned, &tmp.join("eval.json"));
+}
+
+#[test]
+fn bad_data_and_settings_are_refused_in_one_line() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("finetune-bad");
+    let compressed = tmp.join("compressed");
+    compress_ok(&stories, &compressed, &["--layers", "2", "--ratio", "0.5"]);
+    let write = |name: &str, text: &str| {
+        let path = tmp.join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let good = "{\"instruction\": \"Say hi.\", \"input\": \"\", \"output\": \"Hi.\"}\n".repeat(4);
+    let missing = write("missing.jsonl", "{\"instruction\": \"Say hi.\"}\n");
+    let empty = write("empty.json", "[]");
+    let good = write("good.jsonl", &good);
+    let model = compressed.to_str().unwrap().to_string();
+    let dense = stories.model.to_str().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--data-path", &missing], "missing field `output`"),
+        (vec!["--data-path", &empty], "no records"),
+        (
+            vec![
+                "--data-path",
+                &good,
+                "--val-set-size",
+                "1",
+                "--max-length",
+                "8",
+            ],
+            "fills --max-length 8",
+        ),
+        (
+            vec!["--data-path", &good, "--val-set-size", "4"],
+            "leaves no training example",
+        ),
+        (
+            vec![
+                "--data-path",
+                &good,
+                "--val-set-size",
+                "1",
+                "--train-batch-size",
+                "6",
+            ],
+            "not a multiple",
+        ),
+        (
+            vec![
+                "--data-path",
+                &good,
+                "--val-set-size",
+                "1",
+                "--prompt-template-name",
+                "vicuna",
+            ],
+            "unknown prompt template",
+        ),
+        (vec!["--data-path", "nowhere.jsonl"], "no such file"),
+        (
+            vec![
+                "--model",
+                &dense,
+                "--data-path",
+                &good,
+                "--val-set-size",
+                "1",
+            ],
+            "--train-layers",
+        ),
+    ];
+    for (i, (extra, problem)) in cases.iter().enumerate() {
+        let out = tmp.join(&format!("out{i}"));
+        let output = grasp()
+            .arg("finetune")
+            .args(if extra.contains(&"--model") {
+                vec![]
+            } else {
+                vec!["--model", &model]
+            })
+            .args(extra)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        if let Some(why) = refusal_problem(&output, problem) {
+            panic!("{extra:?}: {why}");
+        }
+        assert!(!out.exists(), "{extra:?} left {}", out.display());
+    }
+}
