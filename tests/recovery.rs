@@ -285,4 +285,48 @@ fn bad_data_and_settings_are_refused_in_one_line() {
         }
         assert!(!out.exists(), "{extra:?} left {}", out.display());
     }
+    let out = tmp.join("compress-out");
+    let output = common::cli::compress(
+        &stories,
+        &out,
+        &["--layers", "2", "--recovery", "--data-path", &missing],
+    );
+    if let Some(why) = refusal_problem(&output, "missing field `output`") {
+        panic!("compress --recovery: {why}");
+    }
+    assert!(
+        !common::cli::stderr(&output).contains("block influence"),
+        "refused late"
+    );
+    assert!(!out.exists());
+}
+
+#[test]
+fn compress_with_recovery_trains_what_it_compressed() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("compress-recovery");
+    let training = [
+        "--recovery",
+        "--max-steps",
+        "2",
+        "--warmup-steps",
+        "0",
+        "--train-batch-size",
+        "4",
+        "--val-set-size",
+        "8",
+        "--max-length",
+        "160",
+    ];
+    for (method, trained) in [("grasp", vec![2, 3]), ("remove", vec![1])] {
+        let out = tmp.join(method);
+        let mut flags = vec!["--layers", "2,3", "--ratio", "0.5", "--method", method];
+        flags.extend(training);
+        let report = compress_ok(&stories, &out, &flags);
+        let r = &report["recovery"];
+        assert_eq!(r["layers"], serde_json::json!(trained), "{method}");
+        assert_eq!(r["steps"].as_array().unwrap().len(), 2, "{method}");
+        assert!(r["val_loss_after"].as_f64().unwrap().is_finite());
+        assert!(report["timings_s"]["recovery_s"].as_f64().unwrap() > 0.0);
+    }
 }

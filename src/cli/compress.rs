@@ -8,6 +8,7 @@ use clap::{Args, ValueEnum};
 use serde::Serialize;
 
 use super::common::{CalibrationArgs, ModelArgs, ProjectionArgs};
+use super::finetune::train_with_progress;
 use super::layers::{check_num_prune_layers, print_table, score_layers};
 use crate::grasp::attribution::{Batches, InputCollector, LayerInputs};
 use crate::grasp::compress::{
@@ -17,6 +18,7 @@ use crate::grasp::selection::RankRule;
 use crate::io::load::load_resolved;
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
+use crate::recovery::trainable::{compressed_layers, layers_beside_removed};
 use crate::runtime;
 
 #[derive(Args, Debug, Serialize)]
@@ -56,6 +58,14 @@ pub struct CompressArgs {
     /// Write dense weights (a standard Llama checkpoint) instead of two thin matrices each.
     #[arg(long)]
     pub merge: bool,
+    /// Recovery training (GRASP*) right after compression: the compressed layers (after
+    /// --method remove, the layer below each removed run) train on --data-path; see
+    /// `grasp finetune --help` for the training flags.
+    #[arg(long)]
+    pub recovery: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub training: super::finetune::RecoveryArgs,
     /// Output directory (default: out/<model>-<method>-…).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -111,6 +121,7 @@ struct Timings {
     calibration_s: f64,
     block_influence_s: f64,
     compress_s: f64,
+    recovery_s: f64,
     save_s: f64,
     total_s: f64,
 }
@@ -125,10 +136,21 @@ pub fn run(args: CompressArgs) -> Result<()> {
     }
     .validate()?;
     let (mlp_targets, attn_targets) = args.projections.targets()?;
+    let recovery = args
+        .recovery
+        .then(|| {
+            let data_dir = args.calibration.data_dir.as_deref();
+            args.training.plan(data_dir, args.calibration.seed)
+        })
+        .transpose()?;
 
     let loaded = load_resolved(plan.files, &args.model)?;
     let mut model = loaded.model;
     let n_layers = model.num_layers();
+    let max_positions = model.config.max_position_embeddings;
+    let recovery = recovery
+        .map(|plan| anyhow::Ok((plan.examples(&loaded.tokenizer, max_positions)?, plan)))
+        .transpose()?;
     if let Some(n) = args.num_prune_layers {
         check_num_prune_layers(n, n_layers)?;
     }
@@ -290,6 +312,21 @@ pub fn run(args: CompressArgs) -> Result<()> {
         ));
     }
     let compress_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let recovered = match &recovery {
+        Some((sets, plan)) => {
+            let layers = match args.method {
+                Method::Remove => layers_beside_removed(&chosen),
+                _ => compressed_layers(&model),
+            };
+            log.info(format!("recovery: training layers {layers:?}"));
+            Some(train_with_progress(
+                &mut model, &layers, sets, plan, &mut log,
+            )?)
+        }
+        None => None,
+    };
+    let recovery_s = t.elapsed().as_secs_f64();
     let params_after = model.num_params();
     let params_merged = model.num_params_merged();
 
@@ -322,6 +359,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         "params_after_merged": params_merged,
         "params_in_output": if args.merge { params_merged } else { params_after },
         "output_form": if args.merge { "merged" } else { "factorized" },
+        "recovery": recovered,
     });
     let spinner = runtime::spinner(format!("writing {}", out.display()));
     let mut weights_bytes = 0;
@@ -339,6 +377,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
                 calibration_s,
                 block_influence_s,
                 compress_s,
+                recovery_s,
                 save_s: t.elapsed().as_secs_f64(),
                 total_s: start.elapsed().as_secs_f64(),
             };
@@ -462,8 +501,8 @@ fn print_summary(
         fewer(other.1)
     );
     println!(
-        "time: load {:.1}s, calibration {:.1}s, block influence {:.1}s, compress {:.1}s, save {:.1}s, total {:.1}s",
-        t.load_s, t.calibration_s, t.block_influence_s, t.compress_s, t.save_s, t.total_s
+        "time: load {:.1}s, calibration {:.1}s, block influence {:.1}s, compress {:.1}s, recovery {:.1}s, save {:.1}s, total {:.1}s",
+        t.load_s, t.calibration_s, t.block_influence_s, t.compress_s, t.recovery_s, t.save_s, t.total_s
     );
     println!("output {}", out.display());
 }

@@ -13,7 +13,7 @@ use crate::data::alpaca::{self, ExampleSpec, PromptTemplate};
 use crate::io::load::load_resolved;
 use crate::io::out_path::{check_output_file, resolved};
 use crate::io::save::{save_model, write_json, OutputForm};
-use crate::recovery::plan::{recover, RecoveryPlan};
+use crate::recovery::plan::{recover, ExampleSets, RecoveryPlan};
 use crate::recovery::train::{StepLog, TrainReport, TrainSpec};
 use crate::recovery::trainable::compressed_layers;
 use crate::runtime;
@@ -101,7 +101,7 @@ pub struct FinetuneArgs {
     #[serde(flatten)]
     pub recovery: RecoveryArgs,
     /// Layers to train (every tensor of each). Default: the layers a factorized checkpoint
-    /// compressed (config.json's grasp.ranks).
+    /// compressed (those with factorized projections).
     #[arg(long, value_delimiter = ',')]
     pub train_layers: Option<Vec<usize>>,
     /// Directory with the local datasets (default: ../shared/data when it exists).
@@ -161,14 +161,15 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
 
     let loaded = load_resolved(files, &args.model)?;
     let mut model = loaded.model;
+    let sets = plan.examples(&loaded.tokenizer, model.config.max_position_embeddings)?;
     let layers = match &args.train_layers {
         Some(l) => l.clone(),
         None => compressed_layers(&model),
     };
     if layers.is_empty() {
         bail!(
-            "{} records no compressed layer (config.json has no grasp.ranks); name the layers \
-             to train with --train-layers",
+            "{} has no compressed (factorized) layer; name the layers to train with \
+             --train-layers",
             loaded.files.dir.display()
         );
     }
@@ -184,7 +185,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         args.model.device,
         runtime::dtype_name(model.dtype()),
     ));
-    let report = train_with_progress(&mut model, &loaded.tokenizer, &layers, &plan, &mut log)?;
+    let report = train_with_progress(&mut model, &layers, &sets, &plan, &mut log)?;
 
     let form = if args.merge {
         OutputForm::Merged
@@ -228,8 +229,8 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
 /// [`recover`] with a progress bar (loss and tokens/s) and a log line every tenth of the run.
 pub fn train_with_progress(
     model: &mut crate::model::Llama,
-    tokenizer: &tokenizers::Tokenizer,
     layers: &[usize],
+    sets: &ExampleSets,
     plan: &RecoveryPlan,
     log: &mut Log,
 ) -> Result<TrainReport> {
@@ -251,7 +252,7 @@ pub fn train_with_progress(
             });
         }
     };
-    let report = recover(model, tokenizer, layers, plan, &mut on_step)?;
+    let report = recover(model, layers, sets, &plan.train, &mut on_step)?;
     bar.finish_and_clear();
     Ok(report)
 }

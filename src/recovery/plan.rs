@@ -7,6 +7,8 @@ use anyhow::Result;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use crate::data::alpaca::Example;
+
 use super::train::{train, OnStep, TrainReport, TrainSpec};
 use super::trainable::Trainable;
 use crate::data::alpaca::{self, ExampleSpec, Record};
@@ -50,32 +52,37 @@ impl RecoveryPlan {
     }
 }
 
-/// Trains every tensor of `layers` of `model` on the plan's data; the trained values are left
-/// in `model`.
+/// Training and validation examples, tokenized.
+pub struct ExampleSets {
+    pub train: Vec<Example>,
+    pub val: Vec<Example>,
+}
+
+impl RecoveryPlan {
+    /// Tokenizes the records and holds out the validation set: done as soon as the model's
+    /// tokenizer is at hand, so that unusable data is refused before any long work.
+    pub fn examples(&self, tokenizer: &Tokenizer, max_positions: usize) -> Result<ExampleSets> {
+        if max_positions < self.examples.max_length {
+            anyhow::bail!(
+                "--max-length {} exceeds the model's max_position_embeddings {max_positions}",
+                self.examples.max_length
+            );
+        }
+        let examples = alpaca::tokenize_examples(&self.records, tokenizer, &self.examples)?;
+        let (train, val) = alpaca::split_validation(examples, self.val_set_size, self.train.seed)?;
+        Ok(ExampleSets { train, val })
+    }
+}
+
+/// Trains every tensor of `layers` of `model` on `sets`; the trained values are left in
+/// `model`.
 pub fn recover(
     model: &mut Llama,
-    tokenizer: &Tokenizer,
     layers: &[usize],
-    plan: &RecoveryPlan,
+    sets: &ExampleSets,
+    spec: &TrainSpec,
     on_step: &mut OnStep,
 ) -> Result<TrainReport> {
-    if model.config.max_position_embeddings < plan.examples.max_length {
-        anyhow::bail!(
-            "--max-length {} exceeds the model's max_position_embeddings {}",
-            plan.examples.max_length,
-            model.config.max_position_embeddings
-        );
-    }
-    let examples = alpaca::tokenize_examples(&plan.records, tokenizer, &plan.examples)?;
-    let (train_set, val_set) =
-        alpaca::split_validation(examples, plan.val_set_size, plan.train.seed)?;
     let trainable = Trainable::new(model, layers)?;
-    train(
-        model,
-        &trainable,
-        &train_set,
-        &val_set,
-        &plan.train,
-        on_step,
-    )
+    train(model, &trainable, &sets.train, &sets.val, spec, on_step)
 }

@@ -125,23 +125,55 @@ fn visit_tensors(
     Ok(())
 }
 
-/// The layers a factorized checkpoint compressed (those with a rank in config.json's `grasp`
-/// section), in order.
+/// The layers with a factorized (compressed) projection, in order: what GRASP compressed,
+/// whether just now or in a loaded factorized checkpoint.
 pub fn compressed_layers(model: &Llama) -> Vec<usize> {
-    let mut layers: Vec<usize> = model
-        .config
-        .grasp
+    (0..model.num_layers())
+        .filter(|&l| {
+            Projection::ALL.iter().any(|&p| {
+                matches!(
+                    model.layers[l].projection(p),
+                    Linear::Factorized { .. } | Linear::Svd { .. }
+                )
+            })
+        })
+        .collect()
+}
+
+/// The layers that stand where `removed` (indices before removal) were deleted, after
+/// removal: for each run of deleted layers, the layer just below it (the one just above when
+/// the run starts at layer 0). What recovery trains after `--method remove`.
+pub fn layers_beside_removed(removed: &[usize]) -> Vec<usize> {
+    let mut removed = removed.to_vec();
+    removed.sort_unstable();
+    removed.dedup();
+    let mut layers: Vec<usize> = removed
         .iter()
-        .flat_map(|g| g.ranks.keys())
-        .filter_map(|name| {
-            name.strip_prefix("model.layers.")?
-                .split('.')
-                .next()?
-                .parse()
-                .ok()
+        .filter(|&&a| a == 0 || !removed.contains(&(a - 1)))
+        .map(|&a| {
+            let below = removed.iter().filter(|&&r| r < a).count();
+            if a == 0 {
+                0
+            } else {
+                a - 1 - below
+            }
         })
         .collect();
-    layers.sort_unstable();
     layers.dedup();
     layers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::layers_beside_removed;
+
+    #[test]
+    fn layers_beside_removed_runs_are_renumbered() {
+        assert_eq!(
+            layers_beside_removed(&[12, 13, 14, 15, 17, 25]),
+            [11, 12, 19]
+        );
+        assert_eq!(layers_beside_removed(&[0, 1, 5]), [0, 2]);
+        assert_eq!(layers_beside_removed(&[3]), [2]);
+    }
 }
