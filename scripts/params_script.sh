@@ -24,8 +24,23 @@ ATTN_TARGET_LAYER_TYPES=${ATTN_TARGET_LAYER_TYPES:-q_proj,k_proj,v_proj,o_proj}
 # --- GRASP ---
 METHOD=${METHOD:-grasp}               # grasp | svd | remove | hybrid (grasp, removal where better)
 METRIC=${METRIC:-taylor}              # taylor | gradient
-COMPRESSION_RATIO=${COMPRESSION_RATIO:-0.5}
+COMPRESSION_RATIO=${COMPRESSION_RATIO:-0.95}
 THRESHOLD_RATIO=${THRESHOLD_RATIO-}   # e.g. 0.8; empty: use COMPRESSION_RATIO
+
+# --- recovery training (GRASP*: `grasp compress --recovery`, `grasp finetune`) ---
+RECOVERY=${RECOVERY:-false}
+DATA_PATH=${DATA_PATH:-yahma/alpaca-cleaned}   # found under DATA_DIR/alpaca_cleaned offline
+TRAIN_BATCH_SIZE=${TRAIN_BATCH_SIZE:-32}
+MICRO_BATCH_SIZE=${MICRO_BATCH_SIZE:-4}
+NUM_EPOCHS=${NUM_EPOCHS:-1}
+MAX_STEPS=${MAX_STEPS-}               # e.g. 50 for a short run; empty: NUM_EPOCHS epochs
+LEARNING_RATE=${LEARNING_RATE:-3e-4}
+WARMUP_STEPS=${WARMUP_STEPS:-100}
+MAX_LENGTH=${MAX_LENGTH:-256}
+VAL_SET_SIZE=${VAL_SET_SIZE:-2000}
+TRAIN_ON_INPUTS=${TRAIN_ON_INPUTS:-false}
+ADD_EOS_TOKEN=${ADD_EOS_TOKEN:-false}
+PROMPT_TEMPLATE_NAME=${PROMPT_TEMPLATE_NAME:-alpaca}
 
 # --- run and output ---
 DEVICE=${DEVICE:-cpu}

@@ -32,6 +32,15 @@ fi
 [[ "$MERGE" == true ]] && args+=(--merge)
 [[ "$FORCE" == true ]] && args+=(--force)
 [[ "$VERBOSE" == true ]] && args+=(--verbose)
+if [[ "$RECOVERY" == true ]]; then
+    args+=(--recovery --data-path "$DATA_PATH" --train-batch-size "$TRAIN_BATCH_SIZE"
+        --micro-batch-size "$MICRO_BATCH_SIZE" --num-epochs "$NUM_EPOCHS"
+        --learning-rate "$LEARNING_RATE" --warmup-steps "$WARMUP_STEPS" --max-length "$MAX_LENGTH"
+        --val-set-size "$VAL_SET_SIZE" --prompt-template-name "$PROMPT_TEMPLATE_NAME")
+    [[ -n "$MAX_STEPS" ]] && args+=(--max-steps "$MAX_STEPS")
+    [[ "$TRAIN_ON_INPUTS" == true ]] && args+=(--train-on-inputs)
+    [[ "$ADD_EOS_TOKEN" == true ]] && args+=(--add-eos-token)
+fi
 
 set -x
 "$GRASP" "${args[@]}" "$@"
