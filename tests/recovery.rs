@@ -14,7 +14,7 @@ use grasp::data::alpaca::{tokenize_examples, Example, ExampleSpec, PromptTemplat
 use grasp::model::linear::Linear;
 use grasp::model::llama::Projection;
 use grasp::recovery::train::weighted_loss;
-use grasp::recovery::trainable::Trainable;
+use grasp::recovery::trainable::{Target, Trainable};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -66,7 +66,7 @@ fn trainable_gradients_match_finite_differences() {
     let weight = 1.0 / examples.iter().map(Example::scored_targets).sum::<usize>() as f64;
     let frozen_weight = model.layers[2].mlp.down_proj.clone();
 
-    let trainable = Trainable::new(&mut model, &[1, 3]).unwrap();
+    let trainable = Trainable::new(&mut model, &Target::Layers(vec![1, 3]), 0).unwrap();
     trainable.apply(&mut model, true).unwrap();
     let grads = weighted_loss(&model, &refs, weight)
         .unwrap()
@@ -78,9 +78,82 @@ fn trainable_gradients_match_finite_differences() {
             "a frozen weight got a gradient"
         );
     }
-    trainable.apply(&mut model, false).unwrap();
+    let checked =
+        check_against_finite_differences(&mut model, &trainable, &grads, &refs, weight, 3);
+    // Layer 1: two norms, five dense weights, two factorized projections of two factors each;
+    // layer 3: two norms and seven dense weights.
+    assert_eq!(checked, 3 * (11 + 9), "every tensor of both layers");
+}
+
+#[test]
+fn lora_gradients_match_finite_differences_and_merge_exactly() {
+    let Some(dir) = stories_dir() else { return };
+    let loaded = load(&dir, DType::F64);
+    let mut model = loaded.model;
+    let spec = ExampleSpec {
+        template: PromptTemplate::Alpaca,
+        max_length: 160,
+        train_on_inputs: true,
+        add_eos: false,
+    };
+    let examples = tokenize_examples(&records(), &loaded.tokenizer, &spec).unwrap();
+    let refs: Vec<&Example> = examples.iter().collect();
+    let weight = 1.0 / examples.iter().map(Example::scored_targets).sum::<usize>() as f64;
+    let target = Target::Lora {
+        rank: 2,
+        alpha: 4.0,
+    };
+    let trainable = Trainable::new(&mut model, &target, 3).unwrap();
+    // B starts at zero, which would leave A without a gradient: give it seeded values.
+    let mut rng = StdRng::seed_from_u64(9);
+    for (name, var) in trainable.names().iter().zip(trainable.vars()) {
+        if name.ends_with("lora_B.weight") {
+            let (o, r) = var.as_tensor().dims2().unwrap();
+            var.set(&seeded(&mut rng, (o, r))).unwrap();
+        }
+    }
+    trainable.apply(&mut model, true).unwrap();
+    let grads = weighted_loss(&model, &refs, weight)
+        .unwrap()
+        .backward()
+        .unwrap();
+    let layers = model.num_layers();
+    let checked =
+        check_against_finite_differences(&mut model, &trainable, &grads, &refs, weight, 1);
+    assert_eq!(checked, 2 * 7 * layers, "both factors of every projection");
+
+    let adapted = weighted_loss(&model, &refs, weight)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    trainable.finish(&mut model).unwrap();
+    let merged = weighted_loss(&model, &refs, weight)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap();
+    assert!(
+        (adapted - merged).abs() < 1e-10,
+        "{adapted} adapted, {merged} merged"
+    );
+    assert!(model.layers.iter().all(|l| Projection::ALL
+        .iter()
+        .all(|&p| matches!(l.projection(p), Linear::Dense { .. }))));
+}
+
+/// Compares `per_tensor` seeded entries of each trainable tensor's gradient with central differences
+/// of the loss; returns how many were checked.
+fn check_against_finite_differences(
+    model: &mut grasp::model::Llama,
+    trainable: &Trainable,
+    grads: &candle_core::backprop::GradStore,
+    refs: &[&Example],
+    weight: f64,
+    per_tensor: usize,
+) -> usize {
+    let mut rng = StdRng::seed_from_u64(5);
+    trainable.apply(model, false).unwrap();
     let loss_at = |model: &grasp::model::Llama| -> f64 {
-        weighted_loss(model, &refs, weight)
+        weighted_loss(model, refs, weight)
             .unwrap()
             .to_scalar::<f64>()
             .unwrap()
@@ -96,15 +169,15 @@ fn trainable_gradients_match_finite_differences() {
             .to_vec1()
             .unwrap();
         let base: Vec<f64> = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
-        for _ in 0..3 {
+        for _ in 0..per_tensor {
             let i = rng.random_range(0..base.len());
             let mut at = |delta: f64| {
                 let mut v = base.clone();
                 v[i] += delta;
                 var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
                     .unwrap();
-                trainable.apply(&mut model, false).unwrap();
-                loss_at(&model)
+                trainable.apply(model, false).unwrap();
+                loss_at(model)
             };
             let fd = (at(h) - at(-h)) / (2.0 * h);
             let err = (fd - grad[i]).abs();
@@ -118,9 +191,7 @@ fn trainable_gradients_match_finite_differences() {
         var.set(&Tensor::from_vec(base, var.shape(), &Device::Cpu).unwrap())
             .unwrap();
     }
-    // Layer 1: two norms, five dense weights, two factorized projections of two factors each;
-    // layer 3: two norms and seven dense weights.
-    assert_eq!(checked, 3 * (11 + 9), "every tensor of both layers");
+    checked
 }
 
 fn tensors(dir: &Path) -> BTreeMap<String, Vec<u8>> {

@@ -315,13 +315,15 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let t = Instant::now();
     let recovered = match &recovery {
         Some((sets, plan)) => {
-            let layers = match args.method {
-                Method::Remove => layers_beside_removed(&chosen),
-                _ => compressed_layers(&model),
-            };
-            log.info(format!("recovery: training layers {layers:?}"));
+            let target = args.training.target(|| {
+                Ok(match args.method {
+                    Method::Remove => layers_beside_removed(&chosen),
+                    _ => compressed_layers(&model),
+                })
+            })?;
+            log.info(format!("recovery: training {target:?}"));
             Some(train_with_progress(
-                &mut model, &layers, sets, plan, &mut log,
+                &mut model, &target, sets, plan, &mut log,
             )?)
         }
         None => None,

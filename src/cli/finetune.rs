@@ -15,7 +15,7 @@ use crate::io::out_path::{check_output_file, resolved};
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::recovery::plan::{recover, ExampleSets, RecoveryPlan};
 use crate::recovery::train::{StepLog, TrainReport, TrainSpec};
-use crate::recovery::trainable::compressed_layers;
+use crate::recovery::trainable::{compressed_layers, Target};
 use crate::runtime;
 
 /// How recovery training runs; the names follow the original params_script.sh.
@@ -59,9 +59,28 @@ pub struct RecoveryArgs {
     /// Prompt template: alpaca.
     #[arg(long, default_value = "alpaca")]
     pub prompt_template_name: String,
+    /// Train rank-R LoRA adapters on every projection of every layer instead (merged into the
+    /// weights at the end), as SVD-LLM and LLM-Pruner recover.
+    #[arg(long, value_parser = unsigned::<usize>)]
+    pub lora: Option<usize>,
+    /// LoRA's alpha: the update is scaled by alpha / R.
+    #[arg(long, default_value_t = 16.0)]
+    pub lora_alpha: f64,
 }
 
 impl RecoveryArgs {
+    /// LoRA adapters with --lora, else every tensor of `layers` (asked for only then).
+    pub fn target(&self, layers: impl FnOnce() -> Result<Vec<usize>>) -> Result<Target> {
+        match self.lora {
+            Some(0) => bail!("--lora must be at least 1"),
+            Some(rank) => Ok(Target::Lora {
+                rank,
+                alpha: self.lora_alpha,
+            }),
+            None => Ok(Target::Layers(layers()?)),
+        }
+    }
+
     /// Reads the data and checks the settings (before any model is loaded).
     pub fn plan(&self, data_dir: Option<&std::path::Path>, seed: u64) -> Result<RecoveryPlan> {
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
@@ -102,7 +121,7 @@ pub struct FinetuneArgs {
     pub recovery: RecoveryArgs,
     /// Layers to train (every tensor of each). Default: the layers a factorized checkpoint
     /// compressed (those with factorized projections).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', conflicts_with = "lora")]
     pub train_layers: Option<Vec<usize>>,
     /// Directory with the local datasets (default: ../shared/data when it exists).
     #[arg(long)]
@@ -162,30 +181,33 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     let loaded = load_resolved(files, &args.model)?;
     let mut model = loaded.model;
     let sets = plan.examples(&loaded.tokenizer, model.config.max_position_embeddings)?;
-    let layers = match &args.train_layers {
-        Some(l) => l.clone(),
-        None => compressed_layers(&model),
-    };
-    if layers.is_empty() {
-        bail!(
-            "{} has no compressed (factorized) layer; name the layers to train with \
-             --train-layers",
-            loaded.files.dir.display()
-        );
-    }
+    let target = args.recovery.target(|| {
+        let layers = match &args.train_layers {
+            Some(l) => l.clone(),
+            None => compressed_layers(&model),
+        };
+        if layers.is_empty() {
+            bail!(
+                "{} has no compressed (factorized) layer; name the layers to train with \
+                 --train-layers, or train adapters with --lora",
+                loaded.files.dir.display()
+            );
+        }
+        Ok(layers)
+    })?;
     let out_dtype = match &args.model.dtype {
         Some(d) => runtime::parse_dtype(d)?,
         None => loaded.checkpoint_dtype,
     };
     log.info(format!(
-        "model {} ({} layers, {:.1}M parameters) on {} in {}; training layers {layers:?}",
+        "model {} ({} layers, {:.1}M parameters) on {} in {}; training {target:?}",
         loaded.files.dir.display(),
         model.num_layers(),
         model.num_params() as f64 / 1e6,
         args.model.device,
         runtime::dtype_name(model.dtype()),
     ));
-    let report = train_with_progress(&mut model, &layers, &sets, &plan, &mut log)?;
+    let report = train_with_progress(&mut model, &target, &sets, &plan, &mut log)?;
 
     let form = if args.merge {
         OutputForm::Merged
@@ -229,7 +251,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
 /// [`recover`] with a progress bar (loss and tokens/s) and a log line every tenth of the run.
 pub fn train_with_progress(
     model: &mut crate::model::Llama,
-    layers: &[usize],
+    target: &Target,
     sets: &ExampleSets,
     plan: &RecoveryPlan,
     log: &mut Log,
@@ -252,7 +274,7 @@ pub fn train_with_progress(
             });
         }
     };
-    let report = recover(model, layers, sets, &plan.train, &mut on_step)?;
+    let report = recover(model, target, sets, &plan.train, &mut on_step)?;
     bar.finish_and_clear();
     Ok(report)
 }
@@ -260,8 +282,8 @@ pub fn train_with_progress(
 fn print_summary(r: &TrainReport) {
     let fmt = |l: Option<f64>| l.map_or("-".into(), |l| format!("{l:.4}"));
     println!(
-        "trained layers {:?}: {:.2}M parameters in {} tensors, {} examples ({} held out)",
-        r.layers,
+        "trained {:?}: {:.2}M parameters in {} tensors, {} examples ({} held out)",
+        r.target,
         r.trainable_params as f64 / 1e6,
         r.trainable_tensors.len(),
         r.train_examples,

@@ -113,7 +113,7 @@ pub(crate) fn checkpoint_tensors(
         ));
         for p in Projection::ALL {
             let name = p.module_name(i);
-            let lin = layer.projection(p);
+            let lin = &layer.projection(p).merge_adapter()?;
             let lin = match (form, lin) {
                 (OutputForm::Factorized, Linear::Svd { .. }) => lin.to_factorized()?,
                 (OutputForm::Merged, Linear::Svd { .. } | Linear::Factorized { .. }) => {
@@ -133,7 +133,9 @@ pub(crate) fn checkpoint_tensors(
                     out.push((format!("{name}.svd_in.weight"), host(svd_in)?));
                     out.push((format!("{name}.svd_out.weight"), host(svd_out)?));
                 }
-                Linear::Svd { .. } => unreachable!("SVD forms were converted above"),
+                Linear::Svd { .. } | Linear::Lora { .. } => {
+                    unreachable!("SVD and LoRA forms were converted above")
+                }
             }
             if let Some(b) = lin.bias() {
                 out.push((format!("{name}.bias"), host(b)?));

@@ -26,11 +26,22 @@ pub enum Linear {
         svd_out: Tensor,
         bias: Option<Tensor>,
     },
+    /// A frozen projection plus a trainable low-rank update (LoRA):
+    /// y = base(x) + scale·(x·Aᵀ)·Bᵀ with A (r, in) and B (out, r).
+    Lora {
+        base: Box<Linear>,
+        a: Tensor,
+        b: Tensor,
+        scale: f64,
+    },
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (y, bias) = match self {
+            Linear::Lora { base, a, b, scale } => {
+                return base.forward(x)? + (matmul_t(&matmul_t(x, a)?, b)? * *scale)?;
+            }
             Linear::Dense { weight, bias } => (matmul_t(x, weight)?, bias),
             Linear::Svd { u, s, vh, bias } => {
                 let s = s.as_tensor().to_dtype(x.dtype())?;
@@ -51,6 +62,7 @@ impl Linear {
 
     pub fn in_features(&self) -> usize {
         match self {
+            Linear::Lora { base, .. } => base.in_features(),
             Linear::Dense { weight, .. } => weight.dims()[1],
             Linear::Svd { vh, .. } => vh.dims()[1],
             Linear::Factorized { svd_in, .. } => svd_in.dims()[1],
@@ -59,6 +71,7 @@ impl Linear {
 
     pub fn out_features(&self) -> usize {
         match self {
+            Linear::Lora { base, .. } => base.out_features(),
             Linear::Dense { weight, .. } => weight.dims()[0],
             Linear::Svd { u, .. } => u.dims()[0],
             Linear::Factorized { svd_out, .. } => svd_out.dims()[0],
@@ -68,6 +81,7 @@ impl Linear {
     /// Rank of the stored form: min(in, out) for a dense weight.
     pub fn rank(&self) -> usize {
         match self {
+            Linear::Lora { base, .. } => base.rank(),
             Linear::Dense { weight, .. } => weight.dims()[0].min(weight.dims()[1]),
             Linear::Svd { s, .. } => s.as_tensor().dims()[0],
             Linear::Factorized { svd_in, .. } => svd_in.dims()[0],
@@ -79,11 +93,13 @@ impl Linear {
             Linear::Dense { bias, .. }
             | Linear::Svd { bias, .. }
             | Linear::Factorized { bias, .. } => bias.as_ref(),
+            Linear::Lora { base, .. } => base.bias(),
         }
     }
 
     pub fn dtype(&self) -> DType {
         match self {
+            Linear::Lora { base, .. } => base.dtype(),
             Linear::Dense { weight, .. } => weight.dtype(),
             Linear::Svd { u, .. } => u.dtype(),
             Linear::Factorized { svd_in, .. } => svd_in.dtype(),
@@ -97,6 +113,9 @@ impl Linear {
             Linear::Dense { .. } => i * o,
             Linear::Svd { .. } => r * (i + o + 1),
             Linear::Factorized { .. } => r * (i + o),
+            Linear::Lora { base, a, b, .. } => {
+                return base.num_params() + a.elem_count() + b.elem_count()
+            }
         };
         weights + self.bias().map_or(0, |b| b.elem_count())
     }
@@ -117,6 +136,7 @@ impl Linear {
             Linear::Factorized {
                 svd_in, svd_out, ..
             } => !svd_in.track_op() && !svd_out.track_op() && bias_frozen,
+            Linear::Lora { base, a, b, .. } => base.is_frozen() && !a.track_op() && !b.track_op(),
         }
     }
 
@@ -131,6 +151,9 @@ impl Linear {
             Linear::Factorized {
                 svd_in, svd_out, ..
             } => matmul_rows(&matmul_rows(g, svd_out)?, svd_in),
+            Linear::Lora { base, a, b, scale } => {
+                base.input_grad(g)? + (matmul_rows(&matmul_rows(g, b)?, a)? * *scale)?
+            }
         }
     }
 
@@ -145,6 +168,7 @@ impl Linear {
             Linear::Factorized {
                 svd_in, svd_out, ..
             } => svd_out.matmul(svd_in),
+            Linear::Lora { base, a, b, scale } => base.dense_weight()? + (b.matmul(a)? * *scale)?,
         }
     }
 
@@ -161,6 +185,34 @@ impl Linear {
                 })
             }
             other => Ok(other.clone()),
+        }
+    }
+
+    /// A LoRA projection with its update folded in: into a dense weight, or, over a factorized
+    /// one, as r more rows and columns of its factors ([svd_out | scale·B]·[svd_in; A]), so that
+    /// the savings stay. Any other form as it is.
+    pub fn merge_adapter(&self) -> Result<Linear> {
+        let Linear::Lora { base, a, b, scale } = self else {
+            return Ok(self.clone());
+        };
+        let (a, b) = (
+            a.to_dtype(base.dtype())?,
+            (b * *scale)?.to_dtype(base.dtype())?,
+        );
+        match base.merge_adapter()?.to_factorized()? {
+            Linear::Factorized {
+                svd_in,
+                svd_out,
+                bias,
+            } => Ok(Linear::Factorized {
+                svd_in: Tensor::cat(&[&svd_in, &a], 0)?,
+                svd_out: Tensor::cat(&[&svd_out, &b], 1)?,
+                bias,
+            }),
+            other => Ok(Linear::Dense {
+                weight: (other.dense_weight()? + b.matmul(&a)?)?,
+                bias: other.bias().cloned(),
+            }),
         }
     }
 }

@@ -10,7 +10,7 @@ use tokenizers::Tokenizer;
 use crate::data::alpaca::Example;
 
 use super::train::{train, OnStep, TrainReport, TrainSpec};
-use super::trainable::Trainable;
+use super::trainable::{Target, Trainable};
 use crate::data::alpaca::{self, ExampleSpec, Record};
 use crate::model::Llama;
 
@@ -74,15 +74,14 @@ impl RecoveryPlan {
     }
 }
 
-/// Trains every tensor of `layers` of `model` on `sets`; the trained values are left in
-/// `model`.
+/// Trains `target` of `model` on `sets`; the trained values are left in `model`.
 pub fn recover(
     model: &mut Llama,
-    layers: &[usize],
+    target: &Target,
     sets: &ExampleSets,
     spec: &TrainSpec,
     on_step: &mut OnStep,
 ) -> Result<TrainReport> {
-    let trainable = Trainable::new(model, layers)?;
+    let trainable = Trainable::new(model, target, spec.seed)?;
     train(model, &trainable, &sets.train, &sets.val, spec, on_step)
 }

@@ -11,7 +11,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::trainable::Trainable;
+use super::trainable::{Target, Trainable};
 use crate::data::alpaca::Example;
 use crate::model::ops;
 use crate::model::Llama;
@@ -92,6 +92,7 @@ pub struct StepLog {
 /// What a training run did.
 #[derive(Clone, Debug, Serialize)]
 pub struct TrainReport {
+    pub target: Target,
     pub layers: Vec<usize>,
     pub trainable_params: usize,
     pub trainable_tensors: Vec<String>,
@@ -110,7 +111,8 @@ pub struct TrainReport {
 pub type OnStep<'a> = dyn FnMut(usize, usize, &StepLog) + 'a;
 
 /// Trains `trainable` (already taken from `model`) on `train`, measuring the mean response
-/// loss on `val` before and after; leaves the trained values in `model` as plain tensors.
+/// loss on `val` before and after; leaves the trained values in `model` as plain tensors
+/// (adapters merged).
 pub fn train(
     model: &mut Llama,
     trainable: &Trainable,
@@ -160,10 +162,11 @@ pub fn train(
         steps.push(log);
     }
     let seconds = start.elapsed().as_secs_f64();
-    trainable.apply(model, false)?;
+    trainable.finish(model)?;
     let val_loss_after = validation_loss(model, val, spec.micro_batch_size)?;
     let tokens = steps.iter().map(|s| s.tokens).sum();
     Ok(TrainReport {
+        target: trainable.target.clone(),
         layers: trainable.layers.clone(),
         trainable_params: trainable.num_params(),
         trainable_tensors: trainable.names().to_vec(),

@@ -5,26 +5,52 @@
 
 use anyhow::{bail, Result};
 use candle_core::{Tensor, Var};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
 
 use crate::model::linear::Linear;
 use crate::model::llama::{DecoderLayer, Projection};
 use crate::model::ops;
 use crate::model::Llama;
 
-/// The trainable tensors of `layers`, named as in the checkpoint.
+/// What recovery trains.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Every tensor of these layers.
+    Layers(Vec<usize>),
+    /// Rank-`rank` adapters on every projection of every layer (A drawn as PEFT does, B zero,
+    /// update scaled by alpha / rank), merged into the weights at the end.
+    Lora { rank: usize, alpha: f64 },
+}
+
+/// The trainable tensors, named as in the checkpoint (`….lora_A.weight` for adapters).
 pub struct Trainable {
+    pub target: Target,
     pub layers: Vec<usize>,
+    adapters: bool,
     names: Vec<String>,
     vars: Vec<Var>,
 }
 
 impl Trainable {
-    /// Copies every tensor of `layers` (sorted, deduplicated) into a [`Var`]. A layer in
-    /// SVD form (singular values under training) is refused: recovery trains a checkpoint.
-    pub fn new(model: &mut Llama, layers: &[usize]) -> Result<Self> {
-        let mut layers = layers.to_vec();
-        layers.sort_unstable();
-        layers.dedup();
+    /// Copies the target's tensors into [`Var`]s; for [`Target::Lora`] the adapters are first
+    /// attached to `model` (A seeded with `seed`). A projection in SVD form (singular values
+    /// under training) is refused: recovery trains a checkpoint.
+    pub fn new(model: &mut Llama, target: &Target, seed: u64) -> Result<Self> {
+        let (layers, adapters) = match target {
+            Target::Layers(layers) => {
+                let mut layers = layers.clone();
+                layers.sort_unstable();
+                layers.dedup();
+                (layers, false)
+            }
+            Target::Lora { rank, alpha } => {
+                attach_adapters(model, *rank, *alpha, seed)?;
+                ((0..model.num_layers()).collect(), true)
+            }
+        };
         if layers.is_empty() {
             bail!("no layer to train");
         }
@@ -36,14 +62,16 @@ impl Trainable {
         }
         let (mut names, mut vars) = (Vec::new(), Vec::new());
         for &l in &layers {
-            visit_tensors(&mut model.layers[l], l, &mut |name, t| {
+            visit_tensors(&mut model.layers[l], l, adapters, &mut |name, t| {
                 names.push(name);
                 vars.push(Var::from_tensor(&ops::at_least_f32(t)?)?);
                 Ok(())
             })?;
         }
         Ok(Self {
+            target: target.clone(),
             layers,
+            adapters,
             names,
             vars,
         })
@@ -67,7 +95,7 @@ impl Trainable {
         let dtype = model.dtype();
         let mut vars = self.vars.iter();
         for &l in &self.layers {
-            visit_tensors(&mut model.layers[l], l, &mut |_, t| {
+            visit_tensors(&mut model.layers[l], l, self.adapters, &mut |_, t| {
                 let var = vars
                     .next()
                     .ok_or_else(|| anyhow::anyhow!("layer changed shape"))?;
@@ -82,44 +110,101 @@ impl Trainable {
         }
         Ok(())
     }
+
+    /// Leaves the trained values in `model` for good: plain tensors, adapters merged.
+    pub fn finish(&self, model: &mut Llama) -> Result<()> {
+        self.apply(model, false)?;
+        if self.adapters {
+            for layer in &mut model.layers {
+                for p in Projection::ALL {
+                    let merged = layer.projection(p).merge_adapter()?;
+                    *layer.projection_mut(p) = merged;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
-/// Calls `f` with the checkpoint name and a mutable reference of every tensor of `layer`
-/// (index `l`), in a fixed order.
+/// Wraps every projection of every layer in a LoRA adapter: A (rank, in) uniform in
+/// ±1/√in (PEFT's Kaiming-uniform with a = √5), B (out, rank) zero, so training starts from
+/// the model as it is.
+fn attach_adapters(model: &mut Llama, rank: usize, alpha: f64, seed: u64) -> Result<()> {
+    if rank == 0 {
+        bail!("--lora must be at least 1");
+    }
+    let mut rng = StdRng::seed_from_u64(seed);
+    let (dtype, device) = (model.dtype(), model.device().clone());
+    for layer in &mut model.layers {
+        for p in Projection::ALL {
+            let base = layer.projection(p).clone();
+            let (i, o) = (base.in_features(), base.out_features());
+            let bound = 1.0 / (i as f64).sqrt();
+            let a: Vec<f64> = (0..rank * i)
+                .map(|_| rng.random_range(-bound..bound))
+                .collect();
+            let a = Tensor::from_vec(a, (rank, i), &device)?.to_dtype(dtype)?;
+            let b = Tensor::zeros((o, rank), dtype, &device)?;
+            *layer.projection_mut(p) = Linear::Lora {
+                base: Box::new(base),
+                a,
+                b,
+                scale: alpha / rank as f64,
+            };
+        }
+    }
+    Ok(())
+}
+
+/// Calls `f` with the checkpoint name and a mutable reference of every trainable tensor of
+/// `layer` (index `l`), in a fixed order: every tensor, or with `adapters` the LoRA factors
+/// alone.
 fn visit_tensors(
     layer: &mut DecoderLayer,
     l: usize,
+    adapters: bool,
     f: &mut impl FnMut(String, &mut Tensor) -> Result<()>,
 ) -> Result<()> {
-    f(
-        format!("model.layers.{l}.input_layernorm.weight"),
-        &mut layer.input_layernorm,
-    )?;
-    f(
-        format!("model.layers.{l}.post_attention_layernorm.weight"),
-        &mut layer.post_attention_layernorm,
-    )?;
+    if !adapters {
+        f(
+            format!("model.layers.{l}.input_layernorm.weight"),
+            &mut layer.input_layernorm,
+        )?;
+        f(
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            &mut layer.post_attention_layernorm,
+        )?;
+    }
     for p in Projection::ALL {
         let name = p.module_name(l);
-        match layer.projection_mut(p) {
-            Linear::Dense { weight, bias } => {
+        match (adapters, layer.projection_mut(p)) {
+            (true, Linear::Lora { a, b, .. }) => {
+                f(format!("{name}.lora_A.weight"), a)?;
+                f(format!("{name}.lora_B.weight"), b)?;
+            }
+            (false, Linear::Dense { weight, bias }) => {
                 f(format!("{name}.weight"), weight)?;
                 if let Some(b) = bias {
                     f(format!("{name}.bias"), b)?;
                 }
             }
-            Linear::Factorized {
-                svd_in,
-                svd_out,
-                bias,
-            } => {
+            (
+                false,
+                Linear::Factorized {
+                    svd_in,
+                    svd_out,
+                    bias,
+                },
+            ) => {
                 f(format!("{name}.svd_in.weight"), svd_in)?;
                 f(format!("{name}.svd_out.weight"), svd_out)?;
                 if let Some(b) = bias {
                     f(format!("{name}.bias"), b)?;
                 }
             }
-            Linear::Svd { .. } => bail!("{name} is in SVD form; save the checkpoint first"),
+            (_, Linear::Svd { .. }) => bail!("{name} is in SVD form; save the checkpoint first"),
+            (true, _) => bail!("{name} has no adapter"),
+            (false, Linear::Lora { .. }) => bail!("{name} carries an adapter"),
         }
     }
     Ok(())
