@@ -9,6 +9,7 @@ mod export;
 mod frontier;
 mod layers;
 mod preflight;
+mod summary;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
