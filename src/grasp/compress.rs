@@ -1,6 +1,6 @@
 //! GRASP on one layer: the MLP block then the attention block: SVD the targets, attribute the
 //! loss to each singular value, keep the important ones, truncate. The loop over the layers
-//! (highest index first) and the hybrid guard are in [`crate::pipeline::compress`].
+//! (highest index first) and the hybrid guard are in `pipeline::compress`.
 
 use std::time::Instant;
 
