@@ -10,7 +10,7 @@ use crate::grasp::influence::BlockInfluence;
 use crate::io::load::{load_resolved, resolve};
 use crate::io::out_path::check_output_file;
 use crate::io::save::write_json;
-use crate::pipeline::layers::{score_layers, LayerChoice, ScoreOptions};
+use crate::pipeline::layers::{score_layers, LayerChoice, LayersReport, ScoreOptions};
 
 #[derive(Args, Debug)]
 pub struct LayersArgs {
@@ -52,17 +52,8 @@ pub fn run(args: LayersArgs) -> Result<()> {
     print_table(&bi, &chosen);
     println!("redundant layers: {chosen:?}");
     if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "model": loaded.files.dir,
-            "bi": bi.scores,
-            "angular": bi.angular,
-            "span": bi.span,
-            "windows": bi.windows,
-            "seq_len": calib.seq_len,
-            "calibration_source": calib.source,
-            "chosen_layers": chosen,
-        });
-        write_json(path, &json)?;
+        let report = LayersReport::new(loaded.files.dir.clone(), &bi, &calib, &chosen);
+        write_json(path, &report.to_json()?)?;
     }
     Ok(())
 }

@@ -1,7 +1,10 @@
 //! Block Influence as every run takes it: in batches large enough to be cheap, with a progress
 //! bar, and the layers chosen from it.
 
+use std::path::PathBuf;
+
 use anyhow::Result;
+use serde::Serialize;
 
 use crate::data::calibration::Calibration;
 use crate::grasp::attribution::InputCollector;
@@ -70,5 +73,39 @@ impl LayerChoice {
             LayerChoice::Lowest(n) => *n,
             LayerChoice::Given(_) => 1,
         }
+    }
+}
+
+/// What `grasp layers --json` writes: the scores and the layers chosen from them.
+#[derive(Clone, Debug, Serialize)]
+pub struct LayersReport {
+    pub model: PathBuf,
+    pub bi: Vec<f64>,
+    pub angular: bool,
+    pub span: usize,
+    pub windows: usize,
+    pub seq_len: usize,
+    pub calibration_source: String,
+    pub chosen_layers: Vec<usize>,
+}
+
+impl LayersReport {
+    pub fn new(model: PathBuf, bi: &BlockInfluence, calib: &Calibration, chosen: &[usize]) -> Self {
+        Self {
+            model,
+            bi: bi.scores.clone(),
+            angular: bi.angular,
+            span: bi.span,
+            windows: bi.windows,
+            seq_len: calib.seq_len,
+            calibration_source: calib.source.clone(),
+            chosen_layers: chosen.to_vec(),
+        }
+    }
+
+    /// The JSON written, through a `serde_json::Value` whose maps sort their keys, as the file
+    /// has always listed them.
+    pub fn to_json(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self)
     }
 }
