@@ -163,7 +163,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
         &score,
         &all,
         gradients.then_some(&input_cache),
-        |bi| Ok(plan.layers_used(bi)),
+        |bi| plan.layers_used(bi),
     )?;
     let (bi, used, inputs) = (scored.bi, scored.chosen, scored.inputs.inputs);
     let block_influence_seconds = t.elapsed().as_secs_f64();

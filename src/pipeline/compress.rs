@@ -71,7 +71,7 @@ pub fn compress(
         .uses_gradients()
         .then_some(&plan.input_cache);
     let scored = score_and_keep(model, calib, &batches, &score, &candidates, cache, |bi| {
-        Ok(plan.layers.choose(bi))
+        plan.layers.choose(bi)
     })?;
     chosen(&scored.bi, &scored.chosen);
     let block_influence_s = t.elapsed().as_secs_f64();

@@ -95,7 +95,7 @@ pub fn score_and_keep(
     score: &ScoreOptions,
     candidates: &[usize],
     cache: Option<&InputCache>,
-    choose: impl FnOnce(&BlockInfluence) -> Result<Vec<usize>>,
+    choose: impl FnOnce(&BlockInfluence) -> Vec<usize>,
 ) -> Result<Scored> {
     let per_layer = LayerInputs::bytes_per_layer(model, batches);
     let mut during_bi = cache.and_then(|cache| {
@@ -108,7 +108,7 @@ pub fn score_and_keep(
         Some((placement, collector))
     });
     let bi = score_layers(model, calib, score, during_bi.as_mut().map(|(_, c)| c))?;
-    let chosen = choose(&bi)?;
+    let chosen = choose(&bi);
     let inputs = match (cache, during_bi) {
         (None, _) => KeptInputs {
             placement: Placement::None,
