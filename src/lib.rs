@@ -4,7 +4,8 @@
 //! The modules follow the pipeline: `model` (the trainable Llama), `data` (calibration text and
 //! evaluation tasks), `grasp` (block influence, gradient attribution, selection, compression),
 //! `eval` (perplexity and zero-shot tasks), `io` (loading, saving, GGUF conversion),
-//! `pipeline` (whole runs: the size/quality frontier) and `cli`.
+//! `pipeline` (whole runs: a compression and its report, the size/quality frontier) and `cli`.
+//! Arrows point down: `cli` → `pipeline` → `grasp` / `eval` → `model` / `data` / `io`.
 
 pub mod cli;
 pub mod data;

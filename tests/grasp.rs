@@ -7,15 +7,17 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use common::*;
 use grasp::data::calibration::Calibration;
-use grasp::grasp::attribution::{Batches, InputCollector};
-use grasp::grasp::compress::{
-    compress_layers, CollectedInputs, CompressOptions, InputCache, Method,
-};
+use grasp::grasp::attribution::{Batches, LayerInputs};
+use grasp::grasp::compress::{CompressOptions, Method};
 use grasp::grasp::influence::block_influence;
 use grasp::grasp::selection::{Metric, RankRule};
 use grasp::grasp::svd::SvdDtype;
+use grasp::io::save::OutputForm;
 use grasp::model::linear::Linear;
 use grasp::model::llama::{Block, Projection};
+use grasp::pipeline::compress::{compress, compress_layers, Collected, CompressPlan};
+use grasp::pipeline::inputs::{InputCache, Placement};
+use grasp::pipeline::layers::LayerChoice;
 use indicatif::ProgressBar;
 
 fn golden_calibration(golden: &serde_json::Value) -> Calibration {
@@ -70,10 +72,24 @@ fn smollm2_block_influence_matches_the_reference() {
     }
 }
 
-/// Runs GRASP as the golden run did, with the layer inputs kept in `inputs` ("memory", "disk",
-/// "recomputed" or "bi-disk": each must give the same result), and compares layers, ranks,
-/// kept indices and dL/dS.
-fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str) {
+/// Where a golden run's layer inputs are kept: each must give the same result.
+#[derive(Clone, Copy, Debug)]
+enum Kept {
+    /// In memory, by the block-influence pass.
+    Memory,
+    /// In files, by the block-influence pass (as the CLI does on the CPU); every file is gone
+    /// at the end, the unchosen layers' once the layers are chosen.
+    Disk,
+    /// In memory, by a pass of their own once the layers are chosen (the memory holds the
+    /// chosen layers' inputs, not every layer's).
+    ChosenOnly,
+    /// Recomputed layer by layer.
+    Recomputed,
+}
+
+/// Runs GRASP through the pipeline as the golden run did, with the layer inputs kept as `kept`
+/// says, and compares layers, ranks, kept indices and dL/dS.
+fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, kept: Kept) {
     let (Some(run), Some(base)) = (golden(run_name), golden(windows_from)) else {
         return;
     };
@@ -81,36 +97,6 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str)
     let scratch = TempDir::new(&format!("inputs-{run_name}"));
     let calib = golden_calibration(&base);
     let n_prune = run["args"]["num_prune_layers"].as_u64().unwrap() as usize;
-    // "bi-disk": the block-influence pass keeps every layer's input in files, as the CLI does
-    // on the CPU, and the unchosen layers' files are deleted once the layers are chosen.
-    let all_layers: Vec<usize> = (0..model.num_layers()).collect();
-    let mut collector =
-        (inputs == "bi-disk").then(|| InputCollector::new(&all_layers, Some(scratch.path()), 1));
-    // The block-influence pass takes 4 windows at a time and keeps them as 1-window batches.
-    let bi_batch = if inputs == "bi-disk" { 4 } else { 1 };
-    let bi = block_influence(
-        &model,
-        &calib,
-        bi_batch,
-        false,
-        1,
-        &ProgressBar::hidden(),
-        collector.as_mut(),
-    )
-    .unwrap();
-    let chosen = bi.redundant_layers(n_prune);
-    assert_eq!(chosen, usizes(&run["chosen_layers"]), "chosen layers");
-    let collected = collector.map(|c| {
-        let mut kept = c.finish(&Device::Cpu);
-        kept.retain(&chosen);
-        let files = std::fs::read_dir(scratch.path()).unwrap().count();
-        assert_eq!(
-            files,
-            chosen.len() * calib.windows.len(),
-            "files left after retain"
-        );
-        kept
-    });
     let metric = if run_name.contains("gradient") {
         Metric::Gradient
     } else {
@@ -128,39 +114,42 @@ fn check_grasp_run(dir: &Path, run_name: &str, windows_from: &str, inputs: &str)
                 .unwrap(),
         ),
     };
-    let opts = CompressOptions {
-        method: Method::Grasp,
-        metric,
-        rule,
-        mlp_targets: Projection::ALL
-            .into_iter()
-            .filter(|p| p.block() == Block::Mlp)
-            .collect(),
-        attn_targets: Projection::ALL
-            .into_iter()
-            .filter(|p| p.block() == Block::Attention)
-            .collect(),
-        svd_dtype: SvdDtype::F64,
-        input_cache: InputCache {
-            memory_budget: if inputs == "memory" { usize::MAX } else { 0 },
-            disk_dir: (inputs == "disk").then(|| scratch.path().to_path_buf()),
-        },
+    let layer_bytes = calib.total_tokens * model.config.hidden_size * DType::F32.size_in_bytes();
+    let (memory_budget, disk_dir) = match kept {
+        Kept::Memory => (usize::MAX, None),
+        Kept::Disk => (0, Some(scratch.path().to_path_buf())),
+        Kept::ChosenOnly => (n_prune * layer_bytes, None),
+        Kept::Recomputed => (0, None),
     };
-    let ids = calib
-        .windows
-        .iter()
-        .map(|w| Calibration::batch_tensor(std::slice::from_ref(w), &Device::Cpu).unwrap())
-        .collect();
-    let batches = Batches {
-        ids,
-        label_shift: 1,
+    let mut plan = default_plan(Method::Grasp, rule, dir);
+    plan.layers = LayerChoice::Lowest(n_prune);
+    plan.options.metric = metric;
+    plan.input_cache = InputCache {
+        memory_budget,
+        disk_dir,
     };
-    let collected = match collected {
-        Some(inputs) => CollectedInputs::Owned(inputs),
-        None => CollectedInputs::None,
+    let mut seen = Vec::new();
+    let result = compress(&mut model, &calib, &plan, |_, chosen| {
+        seen = chosen.to_vec()
+    })
+    .unwrap();
+    assert_eq!(
+        result.chosen_layers,
+        usizes(&run["chosen_layers"]),
+        "chosen layers"
+    );
+    assert_eq!(seen, result.chosen_layers);
+    let want_placement = match kept {
+        Kept::Memory | Kept::ChosenOnly => Placement::Memory,
+        Kept::Disk => Placement::Disk,
+        Kept::Recomputed => Placement::Recomputed,
     };
-    let result = compress_layers(&mut model, &chosen, &batches, &opts, collected).unwrap();
-    assert_eq!(result.layer_inputs, inputs.trim_start_matches("bi-"));
+    assert_eq!(result.layer_inputs, want_placement);
+    assert_eq!(
+        scratch.entries(),
+        Vec::<String>::new(),
+        "layer-input files left"
+    );
 
     let mut worst_grad = 0f64;
     let mut boundary_swaps = 0;
@@ -222,7 +211,7 @@ fn stories260k_grasp_taylor_ratio_matches_the_reference() {
             &dir,
             "stories260K-grasp-taylor-n2-r0.5.json",
             "stories260K.json",
-            "memory",
+            Kept::Memory,
         );
     }
 }
@@ -234,7 +223,7 @@ fn stories260k_grasp_gradient_ratio_matches_the_reference() {
             &dir,
             "stories260K-grasp-gradient-n2-r0.5.json",
             "stories260K.json",
-            "recomputed",
+            Kept::Recomputed,
         );
     }
 }
@@ -246,7 +235,7 @@ fn stories260k_grasp_taylor_threshold_matches_the_reference() {
             &dir,
             "stories260K-grasp-taylor-n2-thr0.8.json",
             "stories260K.json",
-            "disk",
+            Kept::Disk,
         );
     }
 }
@@ -258,13 +247,13 @@ fn smollm2_grasp_taylor_ratio_matches_the_reference() {
             &dir,
             "smollm2-135m-grasp-taylor-n4-r0.5.json",
             "smollm2-135m.json",
-            "bi-disk",
+            Kept::ChosenOnly,
         );
     }
 }
 
-/// GRASP options over all seven projections at `ratio`.
-fn all_targets(method: Method, ratio: f64) -> CompressOptions {
+/// `method` over all seven projections with `rule`.
+fn all_targets(method: Method, rule: RankRule) -> CompressOptions {
     let targets = |block| {
         Projection::ALL
             .into_iter()
@@ -274,14 +263,31 @@ fn all_targets(method: Method, ratio: f64) -> CompressOptions {
     CompressOptions {
         method,
         metric: Metric::Taylor,
-        rule: RankRule::Ratio(ratio),
+        rule,
         mlp_targets: targets(Block::Mlp),
         attn_targets: targets(Block::Attention),
         svd_dtype: SvdDtype::F64,
+    }
+}
+
+/// A compression of the model in `dir` as the CLI plans one with its default flags, but for
+/// the method and the rank rule, with every layer input in memory.
+fn default_plan(method: Method, rule: RankRule, dir: &Path) -> CompressPlan {
+    CompressPlan {
+        layers: LayerChoice::Lowest(1),
+        angular: false,
+        options: all_targets(method, rule),
+        batch_size: 1,
+        label_shift: 1,
         input_cache: InputCache {
             memory_budget: usize::MAX,
             disk_dir: None,
         },
+        output: OutputForm::Factorized,
+        output_dtype: DType::F32,
+        args: serde_json::Value::Null,
+        model_path: dir.to_path_buf(),
+        device: "cpu".into(),
     }
 }
 
@@ -319,8 +325,9 @@ fn hybrid_guard_removes_a_harmful_layer_and_keeps_a_useful_one() {
     let batches = Batches::new(&calib, 2, &Device::Cpu).unwrap();
 
     let mut hybrid = dense.clone();
-    let opts = all_targets(Method::Hybrid, 0.5);
-    let c = compress_layers(&mut hybrid, &[3, 4], &batches, &opts, CollectedInputs::None).unwrap();
+    let opts = all_targets(Method::Hybrid, RankRule::Ratio(0.5));
+    let recompute = || Collected::Owned(LayerInputs::default());
+    let c = compress_layers(&mut hybrid, &[3, 4], &batches, &opts, recompute()).unwrap();
     let decisions: Vec<(usize, bool)> = c.guard.iter().map(|d| (d.layer, d.removed)).collect();
     assert_eq!(decisions, [(4, false), (3, true)]);
     assert_eq!(hybrid.num_layers(), 4);
@@ -333,8 +340,8 @@ fn hybrid_guard_removes_a_harmful_layer_and_keeps_a_useful_one() {
         &mut grasp_4,
         &[4],
         &batches,
-        &all_targets(Method::Grasp, 0.5),
-        CollectedInputs::None,
+        &all_targets(Method::Grasp, RankRule::Ratio(0.5)),
+        recompute(),
     )
     .unwrap();
     assert!(g.guard.is_empty());

@@ -191,6 +191,23 @@ pub struct ProjectionArgs {
 }
 
 impl ProjectionArgs {
+    /// The compression these flags describe, by `method` with `rule`.
+    pub fn options(
+        &self,
+        method: crate::grasp::compress::Method,
+        rule: crate::grasp::selection::RankRule,
+    ) -> anyhow::Result<crate::grasp::compress::CompressOptions> {
+        let (mlp_targets, attn_targets) = self.targets()?;
+        Ok(crate::grasp::compress::CompressOptions {
+            method,
+            metric: self.metric,
+            rule,
+            mlp_targets,
+            attn_targets,
+            svd_dtype: self.svd_dtype,
+        })
+    }
+
     /// The MLP and attention targets, parsed.
     pub fn targets(&self) -> anyhow::Result<(Vec<Projection>, Vec<Projection>)> {
         Ok((
@@ -210,4 +227,15 @@ fn parse_targets(names: &[String], block: Block, flag: &str) -> anyhow::Result<V
             _ => anyhow::bail!("{flag}: unknown target type `{n}`"),
         })
         .collect()
+}
+
+/// Bytes of layer inputs kept in memory (GRASP_INPUT_CACHE_MB, 256 MB by default); beyond
+/// them they go to disk or are recomputed.
+pub fn input_cache_budget() -> usize {
+    std::env::var("GRASP_INPUT_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(256)
+        * 1024
+        * 1024
 }

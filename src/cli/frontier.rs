@@ -8,21 +8,21 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{CalibrationArgs, Log, ModelArgs, ProjectionArgs};
-use super::compress::{bi_pass_collector, input_cache_budget};
-use super::layers::{check_num_prune_layers, score_layers};
+use super::common::{input_cache_budget, CalibrationArgs, Log, ModelArgs, ProjectionArgs};
+use super::layers::check_num_prune_layers;
 use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
 use crate::data::tasks::{task_file, Split, Task};
 use crate::eval::perplexity::{PerplexitySpec, TokenStream};
 use crate::eval::tasks::TaskOptions;
-use crate::grasp::attribution::LayerInputs;
-use crate::grasp::compress::{CompressOptions, InputCache, Method, Placement};
+use crate::grasp::compress::Method;
 use crate::grasp::selection::RankRule;
 use crate::io::load::{load_resolved, resolve};
 use crate::io::save::write_json;
 use crate::io::staging::Staging;
 use crate::pipeline::frontier::{sweep, FrontierPoint, Scoring, SweepPlan};
+use crate::pipeline::inputs::{score_and_keep, InputCache};
+use crate::pipeline::layers::ScoreOptions;
 use crate::pipeline::plot::frontier_svg;
 use crate::runtime;
 
@@ -98,7 +98,9 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     if let Some(r) = args.ratios.iter().find(|r| !(0.0..1.0).contains(*r)) {
         bail!("--ratios: {r} is not in [0, 1)");
     }
-    let (mlp_targets, attn_targets) = args.projections.targets()?;
+    let options = args
+        .projections
+        .options(Method::Grasp, RankRule::Ratio(0.0))?;
     let tasks = Task::parse_list(&args.tasks)?;
     let corpus = Corpus::parse(&args.ppl).context("--ppl")?;
     let data_dir = args.calibration.data_dir.clone().or_else(default_data_dir);
@@ -141,59 +143,29 @@ pub fn run(args: FrontierArgs) -> Result<()> {
         memory_budget: input_cache_budget(),
         disk_dir: Some(scratch.dir().to_path_buf()),
     };
-    let all: Vec<usize> = (0..model.num_layers()).collect();
-    let gradients = args.methods.iter().any(|m| m.uses_gradients());
-    let mut collector = gradients
-        .then(|| {
-            bi_pass_collector(
-                &all,
-                &model,
-                &batches,
-                &input_cache,
-                args.calibration.batch_size,
-            )
-        })
-        .flatten();
-    let most = args.num_prune_layers.iter().copied().max().unwrap_or(1);
-    let bi = score_layers(
-        &model,
-        &calib,
-        args.calibration.batch_size,
-        false,
-        most,
-        collector.as_mut(),
-    )?;
     let plan = SweepPlan {
         layer_counts: args.num_prune_layers.clone(),
         ratios: args.ratios.clone(),
         methods: args.methods.clone(),
-        compress: CompressOptions {
-            method: Method::Grasp,
-            metric: args.projections.metric,
-            rule: RankRule::Ratio(0.0),
-            mlp_targets,
-            attn_targets,
-            svd_dtype: args.projections.svd_dtype,
-            input_cache: input_cache.clone(),
-        },
+        compress: options,
     };
-    let used = plan.layers_used(&bi);
-    let inputs = match collector {
-        Some(c) => {
-            let mut inputs = c.finish(model.device());
-            inputs.retain(&used);
-            inputs
-        }
-        None if gradients => {
-            let total = used.len() * LayerInputs::bytes_per_layer(&model, &batches);
-            match input_cache.place(total) {
-                Placement::Memory => LayerInputs::collect(&model, &batches, &used, None)?,
-                Placement::Disk(dir) => LayerInputs::collect(&model, &batches, &used, Some(dir))?,
-                Placement::Recompute => LayerInputs::collect(&model, &batches, &[], None)?,
-            }
-        }
-        None => LayerInputs::collect(&model, &batches, &[], None)?,
+    let score = ScoreOptions {
+        batch_size: args.calibration.batch_size,
+        angular: false,
+        span: 1,
     };
+    let all: Vec<usize> = (0..model.num_layers()).collect();
+    let gradients = args.methods.iter().any(|m| m.uses_gradients());
+    let scored = score_and_keep(
+        &model,
+        &calib,
+        &batches,
+        &score,
+        &all,
+        gradients.then_some(&input_cache),
+        |bi| plan.layers_used(bi),
+    )?;
+    let (bi, used, inputs) = (scored.bi, scored.chosen, scored.inputs.inputs);
     let block_influence_seconds = t.elapsed().as_secs_f64();
     log.info(format!(
         "block influence: layers by redundancy {used:?} ({block_influence_seconds:.1}s); {} \

@@ -6,14 +6,11 @@ use anyhow::{bail, Result};
 use clap::Args;
 
 use super::common::{CalibrationArgs, ModelArgs};
-use crate::data::calibration::Calibration;
-use crate::grasp::attribution::InputCollector;
-use crate::grasp::influence::{block_influence, BlockInfluence};
+use crate::grasp::influence::BlockInfluence;
 use crate::io::load::{load_resolved, resolve};
 use crate::io::out_path::check_output_file;
 use crate::io::save::write_json;
-use crate::model::Llama;
-use crate::runtime;
+use crate::pipeline::layers::{score_layers, LayerChoice, LayersReport, ScoreOptions};
 
 #[derive(Args, Debug)]
 pub struct LayersArgs {
@@ -45,54 +42,20 @@ pub fn run(args: LayersArgs) -> Result<()> {
         &loaded.tokenizer,
         loaded.model.config.max_position_embeddings,
     )?;
-    let bi = score_layers(
-        &loaded.model,
-        &calib,
-        args.calibration.batch_size,
-        args.angular,
-        args.num_prune_layers,
-        None,
-    )?;
+    let score = ScoreOptions {
+        batch_size: args.calibration.batch_size,
+        angular: args.angular,
+        span: args.num_prune_layers,
+    };
+    let bi = score_layers(&loaded.model, &calib, &score, None)?;
     let chosen = bi.redundant_layers(args.num_prune_layers);
     print_table(&bi, &chosen);
     println!("redundant layers: {chosen:?}");
     if let Some(path) = &args.json {
-        let json = serde_json::json!({
-            "model": loaded.files.dir,
-            "bi": bi.scores,
-            "angular": bi.angular,
-            "span": bi.span,
-            "windows": bi.windows,
-            "seq_len": calib.seq_len,
-            "calibration_source": calib.source,
-            "chosen_layers": chosen,
-        });
-        write_json(path, &json)?;
+        let report = LayersReport::new(loaded.files.dir.clone(), &bi, &calib, &chosen);
+        write_json(path, &report.to_json()?)?;
     }
     Ok(())
-}
-
-/// Windows the block-influence pass takes at a time, at least: it is a forward pass without a
-/// graph, so a batch costs little memory, and on 2 CPU cores 4 windows of 512 tokens go 25%
-/// faster than 1 (larger GEMMs, fewer synchronisations). A whole number of `batch_size`
-/// batches, so that the layer inputs it keeps split into the gradient passes' batches.
-const BI_MIN_WINDOWS: usize = 4;
-
-/// Block Influence with a progress bar; in angular mode over blocks of `num_prune_layers`.
-pub fn score_layers(
-    model: &Llama,
-    calib: &Calibration,
-    batch_size: usize,
-    angular: bool,
-    num_prune_layers: usize,
-    inputs: Option<&mut InputCollector>,
-) -> Result<BlockInfluence> {
-    let span = if angular { num_prune_layers } else { 1 };
-    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
-    let batch = batch_size * BI_MIN_WINDOWS.div_ceil(batch_size.max(1));
-    let bi = block_influence(model, calib, batch, angular, span, &bar, inputs)?;
-    bar.finish_and_clear();
-    Ok(bi)
 }
 
 pub fn check_num_prune_layers(n: usize, n_layers: usize) -> Result<()> {
@@ -103,6 +66,31 @@ pub fn check_num_prune_layers(n: usize, n_layers: usize) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The layers --num-prune-layers or --layers choose, checked against the model's `n_layers`.
+pub fn layer_choice(
+    num_prune_layers: Option<usize>,
+    layers: Option<&[usize]>,
+    n_layers: usize,
+) -> Result<LayerChoice> {
+    match (layers, num_prune_layers) {
+        (Some(layers), _) => {
+            if let Some(bad) = layers.iter().find(|&&l| l >= n_layers) {
+                bail!(
+                    "--layers: layer {bad} is out of range (the model has {n_layers} layers: \
+                     0..{})",
+                    n_layers - 1
+                );
+            }
+            Ok(LayerChoice::Given(layers.to_vec()))
+        }
+        (None, Some(n)) => {
+            check_num_prune_layers(n, n_layers)?;
+            Ok(LayerChoice::Lowest(n))
+        }
+        (None, None) => bail!("give --num-prune-layers or --layers"),
+    }
 }
 
 /// One row per layer (or angular block) with a bar proportional to its score.

@@ -10,6 +10,7 @@ mod finetune;
 mod frontier;
 mod layers;
 mod preflight;
+mod summary;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+use clap::ValueEnum;
 
 use super::common::Log;
 use super::compress::CompressArgs;
@@ -14,18 +15,14 @@ use crate::io::out_path::{check_output_dir, check_output_file, resolved};
 use crate::io::staging::clean_stale;
 
 /// A `grasp compress` run, checked: its model's files, its output directory and its log.
-pub struct CompressPlan {
+pub struct CheckedRun {
     pub files: ModelFiles,
     pub out: PathBuf,
     pub log: Log,
 }
 
-/// Checks a `grasp compress` run; `default_out` names the output from the model's name when
-/// --out is not given.
-pub fn compress(
-    args: &CompressArgs,
-    default_out: impl FnOnce(&str) -> PathBuf,
-) -> Result<CompressPlan> {
+/// Checks a `grasp compress` run.
+pub fn compress(args: &CompressArgs) -> Result<CheckedRun> {
     let empty = |list: &[String]| list.iter().all(|t| t.trim().is_empty());
     if args.method != Method::Remove
         && empty(&args.projections.mlp_targets)
@@ -38,7 +35,10 @@ pub fn compress(
     }
     args.calibration.check()?;
     let files = resolve(&args.model.model, &args.model.revision)?;
-    let out = args.out.clone().unwrap_or_else(|| default_out(&files.name));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| default_out(args, &files.name));
     let cleaned = output_dir(&out, args.force, &files)?;
     let inputs = files.paths();
     if let Some(log_file) = &args.log_file {
@@ -55,7 +55,40 @@ pub fn compress(
     for line in cleaned {
         log.info(line);
     }
-    Ok(CompressPlan { files, out, log })
+    Ok(CheckedRun { files, out, log })
+}
+
+/// out/<model>-<method>-<layers>-<rank rule>, when --out is not given.
+fn default_out(args: &CompressArgs, model_name: &str) -> PathBuf {
+    let rule = match args.threshold_ratio {
+        Some(t) => format!("thr{t}"),
+        None => format!("r{}", args.ratio),
+    };
+    let layers = match (&args.layers, args.num_prune_layers) {
+        (Some(l), _) => format!(
+            "l{}",
+            l.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("-")
+        ),
+        (None, Some(n)) => format!("n{n}"),
+        (None, None) => String::new(),
+    };
+    let name = match args.method {
+        Method::Grasp => format!(
+            "{model_name}-grasp-{}-{layers}-{rule}",
+            args.projections
+                .metric
+                .to_possible_value()
+                .map(|v| v.get_name().to_string())
+                .unwrap_or_default()
+        ),
+        Method::Svd => format!("{model_name}-svd-{layers}-{rule}"),
+        Method::Remove => format!("{model_name}-remove-{layers}"),
+        Method::Hybrid => format!("{model_name}-hybrid-{layers}-{rule}"),
+    };
+    Path::new("out").join(name)
 }
 
 /// Checks the output directory `out` of a run over `files`: first the scratch left by killed

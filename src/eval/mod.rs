@@ -4,7 +4,11 @@ pub mod harness;
 pub mod perplexity;
 pub mod tasks;
 
-use candle_core::Device;
+use anyhow::bail;
+use candle_core::{DType, Device, Tensor};
+
+pub use crate::model::packed::PackedRow;
+use crate::model::{ops, Llama};
 
 /// What evaluation needs from a model: the log-likelihood of given next tokens.
 ///
@@ -25,63 +29,34 @@ pub trait CausalLm {
     fn max_positions(&self) -> usize;
 }
 
-/// Several sequences that share a beginning, in one row: the shared `trunk`, then each
-/// sequence's own rest (a branch) in turn. A branch sees the trunk and its own earlier tokens
-/// and continues the trunk's positions, so each of its tokens gets the logits it would have
-/// at the end of its own sequence, while the trunk is computed once for all of them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PackedRow {
-    pub ids: Vec<u32>,
-    /// Rotary position of each token.
-    pub positions: Vec<u32>,
-    /// 0 for the trunk, i + 1 for branch i, [`PADDING`] for padding.
-    branch: Vec<u32>,
-}
-
-/// The branch number of padding tokens: they see the trunk and one another, and nothing
-/// else sees them.
-const PADDING: u32 = u32::MAX;
-
-impl PackedRow {
-    pub fn new(trunk: &[u32], branches: &[&[u32]]) -> Self {
-        let mut row = PackedRow {
-            ids: trunk.to_vec(),
-            positions: (0..trunk.len() as u32).collect(),
-            branch: vec![0; trunk.len()],
-        };
-        for (i, tokens) in branches.iter().enumerate() {
-            row.ids.extend_from_slice(tokens);
-            row.positions
-                .extend((0..tokens.len() as u32).map(|t| trunk.len() as u32 + t));
-            row.branch
-                .extend(std::iter::repeat_n(i as u32 + 1, tokens.len()));
+impl CausalLm for Llama {
+    /// The head (a fifth of SmolLM2's forward) only at the tokens read, a block of rows at a
+    /// time.
+    fn log_probs(
+        &self,
+        rows: &[PackedRow],
+        reads: &[u32],
+        targets: &[u32],
+    ) -> anyhow::Result<Vec<f32>> {
+        let vocab = self.config.vocab_size;
+        if let Some(&bad) = targets.iter().find(|&&t| t as usize >= vocab) {
+            bail!("token id {bad} is outside the model's vocabulary of {vocab}");
         }
-        row
+        let h = self.packed_hidden(rows)?;
+        let reads = Tensor::new(reads, self.device())?;
+        let normed = self.final_norm(&h.index_select(&reads, 0)?)?;
+        let w = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let targets = Tensor::new(targets, self.device())?;
+        Ok(ops::target_log_probs(&normed, w, &targets)?
+            .to_dtype(DType::F32)?
+            .to_vec1()?)
     }
 
-    pub fn len(&self) -> usize {
-        self.ids.len()
+    fn device(&self) -> &Device {
+        Llama::device(self)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.ids.is_empty()
-    }
-
-    /// Right-pads with token 0 up to `width` tokens.
-    pub fn pad_to(&mut self, width: usize) {
-        self.ids.resize(width, 0);
-        self.positions.resize(width, 0);
-        self.branch.resize(width, PADDING);
-    }
-
-    /// Whether every token sees all tokens before it (a row without branches): plain causal
-    /// attention at positions 0, 1, … gives its logits.
-    pub fn is_causal(&self) -> bool {
-        self.branch.iter().all(|&b| b == 0 || b == PADDING)
-    }
-
-    /// Whether the token at index `query` attends to the token at index `key`.
-    pub fn sees(&self, query: usize, key: usize) -> bool {
-        key <= query && (self.branch[key] == 0 || self.branch[key] == self.branch[query])
+    fn max_positions(&self) -> usize {
+        self.config.max_position_embeddings
     }
 }

@@ -181,6 +181,7 @@ impl InputCollector {
 }
 
 /// Hidden-state inputs of some decoder layers for every calibration batch.
+#[derive(Default)]
 pub struct LayerInputs {
     inputs: BTreeMap<usize, Inputs>,
 }
@@ -214,19 +215,6 @@ impl LayerInputs {
     pub fn bytes_per_layer(model: &Llama, batches: &Batches) -> usize {
         let tokens: usize = batches.ids.iter().map(|t| t.elem_count()).sum();
         tokens * model.config.hidden_size * model.dtype().size_in_bytes()
-    }
-
-    /// "disk" when any layer's inputs are in files, else "memory".
-    pub fn placement(&self) -> &'static str {
-        if self
-            .inputs
-            .values()
-            .any(|i| matches!(i, Inputs::Disk { .. }))
-        {
-            "disk"
-        } else {
-            "memory"
-        }
     }
 
     /// Drops the inputs of every layer not in `layers` (and deletes their files).

@@ -1,16 +1,14 @@
-//! The GRASP loop: for each redundant layer, highest index first, the MLP block then the
-//! attention block: SVD the targets, attribute the loss to each singular value, keep the
-//! important ones, truncate, and move on with the truncated block in place.
+//! GRASP on one layer: the MLP block then the attention block: SVD the targets, attribute the
+//! loss to each singular value, keep the important ones, truncate. The loop over the layers
+//! (highest index first) and the hybrid guard are in `pipeline::compress`.
 
-use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor, Var};
 use serde::Serialize;
 
-use super::attribution::{singular_value_gradients, Batches, Inputs, LayerInputs};
-use super::guard::{guard_layer, GuardDecision};
+use super::attribution::{singular_value_gradients, Batches, Inputs};
 use super::selection::{importance, select, Metric, RankRule};
 use super::svd::{thin_svd, SvdDtype};
 use crate::model::linear::Linear;
@@ -48,44 +46,7 @@ pub struct CompressOptions {
     pub mlp_targets: Vec<Projection>,
     pub attn_targets: Vec<Projection>,
     pub svd_dtype: SvdDtype,
-    pub input_cache: InputCache,
 }
-
-/// Where the chosen layers' inputs wait between the pass that computes them all and each
-/// layer's gradient passes: in memory up to `memory_budget` bytes, else in files under
-/// `disk_dir` when its file system has room, else nowhere (recomputed layer by layer).
-#[derive(Clone, Debug)]
-pub struct InputCache {
-    pub memory_budget: usize,
-    pub disk_dir: Option<PathBuf>,
-}
-
-/// Where layer inputs of a given size go under an [`InputCache`].
-pub enum Placement<'a> {
-    Memory,
-    Disk(&'a Path),
-    Recompute,
-}
-
-impl InputCache {
-    pub fn place(&self, bytes: usize) -> Placement<'_> {
-        if bytes <= self.memory_budget {
-            return Placement::Memory;
-        }
-        match self.disk_dir.as_deref() {
-            Some(dir)
-                if runtime::free_disk_bytes(dir)
-                    .is_some_and(|free| free >= bytes as u64 + DISK_MARGIN) =>
-            {
-                Placement::Disk(dir)
-            }
-            _ => Placement::Recompute,
-        }
-    }
-}
-
-/// Room left on the disk beyond the layer inputs, so that the output still fits.
-const DISK_MARGIN: u64 = 1 << 30;
 
 #[derive(Clone, Debug, Serialize)]
 pub struct ModuleReport {
@@ -120,125 +81,29 @@ pub struct BlockReport {
     pub select_seconds: f64,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct Compression {
-    pub modules: Vec<ModuleReport>,
-    pub blocks: Vec<BlockReport>,
-    /// Where layer inputs were kept: "memory" or "disk" (one pass for all layers), or
-    /// "recomputed" (one pass per layer); "none" without gradient passes.
-    pub layer_inputs: &'static str,
-    /// `--method hybrid`: per layer, highest first, both losses and the choice.
-    pub guard: Vec<GuardDecision>,
-}
-
-/// Where [`compress_layers`] finds the chosen layers' inputs, computed by an earlier pass over
-/// the unmodified model (the block-influence pass).
-pub enum CollectedInputs<'a> {
-    /// None: one pass collects them (or each layer's are recomputed).
-    None,
-    /// Used up, and their files deleted, layer by layer.
-    Owned(LayerInputs),
-    /// Left as they are for further compressions of the same model (a sweep).
-    Shared(&'a LayerInputs),
-}
-
-/// Compresses `layers` of `model` in place (or removes them with [`Method::Remove`]).
-/// `collected` may hold the layers' inputs from an earlier pass over the unmodified model (the
-/// block-influence pass); without them, one pass collects them here.
-pub fn compress_layers(
+/// Compresses both blocks of `layer` (the MLP, then attention; a block without targets is
+/// skipped) given the layer's `inputs` from the unmodified model, which the gradient passes
+/// start from.
+pub fn compress_layer(
     model: &mut Llama,
-    layers: &[usize],
+    layer: usize,
     batches: &Batches,
+    inputs: &Inputs,
     opts: &CompressOptions,
-    collected: CollectedInputs,
-) -> Result<Compression> {
-    let n = model.num_layers();
-    if let Some(bad) = layers.iter().find(|&&l| l >= n) {
-        bail!(
-            "layer {bad} is out of range: the model has {n} layers (0..{})",
-            n - 1
-        );
-    }
-    if opts.method == Method::Remove {
-        model.remove_layers(layers);
-        return Ok(Compression {
-            layer_inputs: "none",
-            ..Default::default()
-        });
-    }
-    let mut order = layers.to_vec();
-    order.sort_unstable_by(|a, b| b.cmp(a));
-    order.dedup();
-    let (layer_inputs, mut cache) = match collected {
-        _ if !opts.method.uses_gradients() => ("none", CollectedInputs::None),
-        CollectedInputs::Owned(inputs) => (inputs.placement(), CollectedInputs::Owned(inputs)),
-        CollectedInputs::Shared(inputs) => (inputs.placement(), CollectedInputs::Shared(inputs)),
-        CollectedInputs::None => {
-            let total = order.len() * LayerInputs::bytes_per_layer(model, batches);
-            // In memory (no directory) or in files under one; nothing to collect when recomputed.
-            let keep_in = match opts.input_cache.place(total) {
-                Placement::Memory => Some(None),
-                Placement::Disk(dir) => Some(Some(dir)),
-                Placement::Recompute => None,
-            };
-            match keep_in {
-                Some(dir) => {
-                    let inputs = LayerInputs::collect(model, batches, &order, dir)?;
-                    (inputs.placement(), CollectedInputs::Owned(inputs))
-                }
-                None => ("recomputed", CollectedInputs::None),
-            }
+) -> Result<(Vec<ModuleReport>, Vec<BlockReport>)> {
+    let (mut modules, mut blocks) = (Vec::new(), Vec::new());
+    for (block, targets) in [
+        (Block::Mlp, &opts.mlp_targets),
+        (Block::Attention, &opts.attn_targets),
+    ] {
+        if targets.is_empty() {
+            continue;
         }
-    };
-    let mut out = Compression {
-        layer_inputs,
-        ..Default::default()
-    };
-    for &layer in &order {
-        // Layers below `layer` are untouched, so these are the original model's inputs.
-        let cached = match &mut cache {
-            CollectedInputs::Owned(inputs) => inputs.take(layer),
-            CollectedInputs::Shared(inputs) => inputs.share(layer),
-            CollectedInputs::None => None,
-        };
-        let inputs = match cached {
-            Some(inputs) => inputs,
-            None if opts.method.uses_gradients() => {
-                LayerInputs::collect(model, batches, &[layer], None)?
-                    .take(layer)
-                    .unwrap_or(Inputs::Memory(Vec::new()))
-            }
-            None => Inputs::Memory(Vec::new()),
-        };
-        for (block, targets) in [
-            (Block::Mlp, &opts.mlp_targets),
-            (Block::Attention, &opts.attn_targets),
-        ] {
-            if targets.is_empty() {
-                continue;
-            }
-            let (modules, report) =
-                compress_block(model, layer, block, targets, batches, &inputs, opts)?;
-            out.modules.extend(modules);
-            out.blocks.push(report);
-        }
-        if opts.method == Method::Hybrid {
-            let bar = runtime::progress_bar(
-                batches.windows() as u64,
-                &format!("layer {layer} guard"),
-                "windows",
-            );
-            let decision = guard_layer(model, layer, batches, &inputs, &bar)?;
-            bar.finish_and_clear();
-            if decision.removed {
-                // Only layers above `layer`, all processed, change their index.
-                model.remove_layers(&[layer]);
-            }
-            out.guard.push(decision);
-        }
-        inputs.remove_files();
+        let (m, report) = compress_block(model, layer, block, targets, batches, inputs, opts)?;
+        modules.extend(m);
+        blocks.push(report);
     }
-    Ok(out)
+    Ok((modules, blocks))
 }
 
 fn compress_block(

@@ -202,7 +202,7 @@ fn rope_factors(c: &LlamaConfig) -> Result<Tensor> {
     let factors: Vec<f32> = (0..half)
         .map(|i| {
             let f = 1.0 / c.rope_theta.powf(2.0 * i as f64 / c.head_dim as f64);
-            (f / crate::model::llama::llama3_scaled(f, c)) as f32
+            (f / crate::model::rotary::llama3_scaled(f, c)) as f32
         })
         .collect();
     Ok(Tensor::from_vec(factors, half, &Device::Cpu)?)

@@ -15,7 +15,8 @@ use crate::model::Llama;
 use crate::runtime;
 
 /// How compressed projections are stored.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum OutputForm {
     /// Dense (out, in) weights: a standard Llama checkpoint any loader reads.
     Merged,

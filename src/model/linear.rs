@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Result, Tensor, Var};
 
-use super::ops::{matmul_rows, matmul_t};
+use super::numeric::{matmul_rows, matmul_t};
 
 #[derive(Clone, Debug)]
 pub enum Linear {

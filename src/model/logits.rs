@@ -46,7 +46,7 @@ pub fn logit_blocks<'a>(
     let xd = x.detach();
     Ok((0..rows).step_by(LOGIT_ROWS).map(move |start| {
         let n = LOGIT_ROWS.min(rows - start);
-        let logits = super::ops::at_least_f32(&matmul(&xd.narrow(0, start, n)?, &w.t()?)?)?;
+        let logits = super::numeric::at_least_f32(&matmul(&xd.narrow(0, start, n)?, &w.t()?)?)?;
         let targets = targets.narrow(0, start, n)?;
         let weights = weights.map(|w| w.narrow(0, start, n)).transpose()?;
         let (nll, dlogits) = if logits.device().is_cpu() && logits.dtype() == DType::F32 {

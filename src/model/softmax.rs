@@ -12,7 +12,7 @@ use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::kernels::{dot, exp_nonpositive, max, sum};
-use super::ops::at_least_f32;
+use super::numeric::at_least_f32;
 
 /// A block of query rows `start..start + rows` of causal attention: in scores (…, rows,
 /// start + rows), row i of the flattened leading dimensions is the query at position

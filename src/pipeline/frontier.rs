@@ -16,11 +16,12 @@ use anyhow::Result;
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
+use super::compress::{compress_layers, Collected};
 use crate::data::tasks::Task;
 use crate::eval::perplexity::{perplexity_of, PerplexitySpec, TokenStream};
 use crate::eval::tasks::{averages, run_task, TaskOptions};
 use crate::grasp::attribution::{Batches, LayerInputs};
-use crate::grasp::compress::{compress_layers, CollectedInputs, CompressOptions, Method};
+use crate::grasp::compress::{CompressOptions, Method};
 use crate::grasp::guard::GuardDecision;
 use crate::grasp::influence::BlockInfluence;
 use crate::grasp::selection::RankRule;
@@ -34,8 +35,8 @@ pub struct SweepPlan {
     /// Ratios for the methods that keep a rank (all but removal).
     pub ratios: Vec<f64>,
     pub methods: Vec<Method>,
-    /// Metric, targets, SVD precision and input cache of every compression; the method and
-    /// the rank rule are set per point.
+    /// Metric, targets and SVD precision of every compression; the method and the rank rule
+    /// are set per point.
     pub compress: CompressOptions,
 }
 
@@ -140,16 +141,11 @@ pub fn sweep(
             &chosen,
             batches,
             &opts,
-            CollectedInputs::Shared(inputs),
+            Collected::Shared(inputs),
         )?;
         let removed = match method {
             Method::Remove => chosen.clone(),
-            _ => c
-                .guard
-                .iter()
-                .filter(|d| d.removed)
-                .map(|d| d.layer)
-                .collect(),
+            _ => c.removed_layers(),
         };
         let times = Times {
             compress: started.elapsed().as_secs_f64(),
