@@ -2,18 +2,16 @@
 //! that the outputs load (in `grasp eval` and in candle-transformers' own Llama), and how bad
 //! input is refused.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Output;
 
+use crate::common::cli::*;
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama as reference;
-use common::cli::*;
-use common::*;
 use grasp::io::load::{load_files, resolve};
 use serde_json::Value;
 

@@ -1,12 +1,10 @@
 //! Corpora, calibration windows and perplexity: golden windows from the reference
 //! implementation, sampling, file formats, error messages, and perplexity against mock models.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::{shared_dir, MockLm, TempDir};
 use candle_core::Device;
-use common::{shared_dir, MockLm, TempDir};
 use grasp::data::calibration::{
     load_calibration, windows_from_rows, Calibration, CalibrationSpec, Sampling,
 };

@@ -1,9 +1,7 @@
 //! The Llama forward against the PyTorch reference, and dL/dS against finite differences.
 
-mod common;
-
+use crate::common::*;
 use candle_core::{DType, Device, Tensor, Var};
-use common::*;
 use grasp::eval::{CausalLm, PackedRow};
 use grasp::grasp::attribution::{passes_that_fit, singular_value_gradients, Batches, LayerInputs};
 use grasp::grasp::svd::{thin_svd, SvdDtype};

@@ -2,10 +2,8 @@
 //! against central finite differences in f64, and each op against candle's composed,
 //! differentiable form (forward and gradient).
 
-mod common;
-
+use crate::common::{max_abs_diff, Gaussian};
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use common::{max_abs_diff, Gaussian};
 use grasp::model::linear::Linear;
 use grasp::model::ops;
 
@@ -409,10 +407,10 @@ fn linear_cross_entropy_matches_finite_differences_and_the_composed_form() {
 
 #[test]
 fn next_token_loss_rejects_a_single_position() {
-    let Some(dir) = common::stories_dir() else {
+    let Some(dir) = crate::common::stories_dir() else {
         return;
     };
-    let model = common::load(&dir, DType::F32).model;
+    let model = crate::common::load(&dir, DType::F32).model;
     let ids = Tensor::new(&[[3u32]], &Device::Cpu).unwrap();
     assert!(model.next_token_loss(&ids).is_err());
 }

@@ -1,11 +1,9 @@
 //! Zero-shot tasks: request texts from real records, few-shot sampling, batched log-likelihood
 //! scoring against mock models, metrics and reports.
 
-mod common;
-
 use std::path::Path;
 
-use common::{shared_dir, MockLm, TempDir};
+use crate::common::{shared_dir, MockLm, TempDir};
 use indicatif::ProgressBar;
 
 use grasp::data::tasks::{

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::harness::*;
+use super::harness::*;
 
 #[test]
 fn compress_flags_out_of_range_are_named() {
