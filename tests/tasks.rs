@@ -3,15 +3,16 @@
 
 use std::path::Path;
 
-use crate::common::{shared_dir, MockLm, TempDir};
+use crate::common::{offline_hub, shared_dir, MockLm, TempDir};
 use indicatif::ProgressBar;
 
 use grasp::data::tasks::{
-    fewshot_prefixes, load_docs, mathqa_options, parse_doc, Doc, Split, Task, TextPair,
+    fewshot_prefixes, load_docs, mathqa_options, parse_doc, Doc, Task, TextPair,
 };
+use grasp::data::Split;
 use grasp::eval::harness::{encode_pair, loglikelihoods, Request};
 use grasp::eval::tasks::{
-    averages, judge, markdown_table, mean_and_stderr, run_task, Metric, TaskOptions, TaskResult,
+    averages, judge, markdown_table, mean_and_stderr, run_task, TaskMetric, TaskOptions, TaskResult,
 };
 use grasp::io::load::load_tokenizer;
 
@@ -260,14 +261,13 @@ fn bad_records_are_errors() {
 #[test]
 fn missing_files_name_the_file_and_the_flag() {
     // Never the network: a user's online test run would otherwise download the files.
-    std::env::set_var("HF_HUB_OFFLINE", "1");
     let dir = Path::new("/nonexistent/grasp-task-data");
-    let err = load_docs(Task::Piqa, Split::Eval, Some(dir))
+    let err = load_docs(Task::Piqa, Split::Eval, Some(dir), &offline_hub())
         .unwrap_err()
         .to_string();
     assert!(err.contains("piqa/piqa_validation.jsonl"), "{err}");
     assert!(err.contains("--data-dir"), "{err}");
-    let err = load_docs(Task::Hellaswag, Split::Train, Some(dir))
+    let err = load_docs(Task::Hellaswag, Split::Train, Some(dir), &offline_hub())
         .unwrap_err()
         .to_string();
     assert!(err.contains("hellaswag/hellaswag_train.jsonl"), "{err}");
@@ -289,7 +289,7 @@ fn malformed_lines_are_reported_with_their_line_number() {
         format!("{good}\n\n{{\"question\": 1}}\n"),
     )
     .unwrap();
-    let err = load_docs(Task::BoolQ, Split::Eval, Some(dir.path())).unwrap_err();
+    let err = load_docs(Task::BoolQ, Split::Eval, Some(dir.path()), &offline_hub()).unwrap_err();
     assert!(
         format!("{err:#}").contains("boolq_validation.jsonl:3"),
         "{err:#}"
@@ -538,7 +538,7 @@ fn result(task: &str, metrics: &[(&str, f64)]) -> TaskResult {
         num_fewshot: 0,
         metrics: metrics
             .iter()
-            .map(|&(name, value)| Metric {
+            .map(|&(name, value)| TaskMetric {
                 name: name.to_string(),
                 value,
                 stderr: 0.01,
@@ -615,21 +615,26 @@ fn every_task_loads_from_the_shared_data() {
         (Task::MathQa, 2985),
     ];
     for (task, n) in expected {
-        let docs = load_docs(task, Split::Eval, Some(&data)).unwrap();
+        let docs = load_docs(task, Split::Eval, Some(&data), &offline_hub()).unwrap();
         assert_eq!(docs.len(), n, "{task}");
     }
-    let mathqa = load_docs(Task::MathQa, Split::Eval, Some(&data)).unwrap();
+    let mathqa = load_docs(Task::MathQa, Split::Eval, Some(&data), &offline_hub()).unwrap();
     assert!(mathqa.iter().all(|d| d.choices().len() == 5));
     assert_eq!(
-        load_docs(Task::OpenBookQa, Split::Train, Some(&data))
+        load_docs(Task::OpenBookQa, Split::Train, Some(&data), &offline_hub())
             .unwrap()
             .len(),
         4957
     );
     assert_eq!(
-        load_docs(Task::ArcChallenge, Split::Train, Some(&data))
-            .unwrap()
-            .len(),
+        load_docs(
+            Task::ArcChallenge,
+            Split::Train,
+            Some(&data),
+            &offline_hub()
+        )
+        .unwrap()
+        .len(),
         1119
     );
 }

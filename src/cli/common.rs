@@ -2,7 +2,9 @@
 
 use clap::Args;
 
+use crate::io::load::{load_files, Loaded, ModelFiles};
 use crate::model::llama::{Block, Projection};
+use crate::runtime;
 
 /// Which model to load and where to run it.
 #[derive(Args, Clone, Debug, serde::Serialize)]
@@ -21,6 +23,19 @@ pub struct ModelArgs {
     /// Compute dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
+}
+
+impl ModelArgs {
+    /// Loads the already-resolved `files` of `--model` on `--device` in `--dtype`.
+    pub fn load(&self, files: ModelFiles) -> anyhow::Result<Loaded> {
+        let device = runtime::parse_device(&self.device)?;
+        let dtype = self
+            .dtype
+            .as_deref()
+            .map(runtime::parse_dtype)
+            .transpose()?;
+        load_files(files, &device, dtype)
+    }
 }
 
 /// Which calibration text to run through the model.

@@ -14,7 +14,6 @@ use crate::grasp::compress::{
     compress_layers, CollectedInputs, CompressOptions, Compression, InputCache, Method, Placement,
 };
 use crate::grasp::selection::RankRule;
-use crate::io::load::load_resolved;
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
 use crate::runtime;
@@ -126,7 +125,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     .validate()?;
     let (mlp_targets, attn_targets) = args.projections.targets()?;
 
-    let loaded = load_resolved(plan.files, &args.model)?;
+    let loaded = args.model.load(plan.files)?;
     let mut model = loaded.model;
     let n_layers = model.num_layers();
     if let Some(n) = args.num_prune_layers {

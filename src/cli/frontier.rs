@@ -13,13 +13,15 @@ use super::compress::{bi_pass_collector, input_cache_budget};
 use super::layers::{check_num_prune_layers, score_layers};
 use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
-use crate::data::tasks::{task_file, Split, Task};
+use crate::data::tasks::{task_file, Task};
+use crate::data::Split;
 use crate::eval::perplexity::{PerplexitySpec, TokenStream};
 use crate::eval::tasks::TaskOptions;
 use crate::grasp::attribution::LayerInputs;
 use crate::grasp::compress::{CompressOptions, InputCache, Method, Placement};
 use crate::grasp::selection::RankRule;
-use crate::io::load::{load_resolved, resolve};
+use crate::io::hub::Hub;
+use crate::io::load::resolve;
 use crate::io::save::write_json;
 use crate::io::staging::Staging;
 use crate::pipeline::frontier::{sweep, FrontierPoint, Scoring, SweepPlan};
@@ -103,7 +105,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     let corpus = Corpus::parse(&args.ppl).context("--ppl")?;
     let data_dir = args.calibration.data_dir.clone().or_else(default_data_dir);
     for &task in &tasks {
-        task_file(task, Split::Eval, data_dir.as_deref())?;
+        task_file(task, Split::Eval, data_dir.as_deref(), &Hub::from_env())?;
     }
 
     args.calibration.check()?;
@@ -115,7 +117,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     for line in output_dir(&out, args.force, &files)? {
         log.info(line);
     }
-    let loaded = load_resolved(files, &args.model)?;
+    let loaded = args.model.load(files)?;
     let model = loaded.model;
     for &n in &args.num_prune_layers {
         check_num_prune_layers(n, model.num_layers())?;

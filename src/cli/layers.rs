@@ -9,7 +9,7 @@ use super::common::{CalibrationArgs, ModelArgs};
 use crate::data::calibration::Calibration;
 use crate::grasp::attribution::InputCollector;
 use crate::grasp::influence::{block_influence, BlockInfluence};
-use crate::io::load::{load_resolved, resolve};
+use crate::io::load::resolve;
 use crate::io::out_path::check_output_file;
 use crate::io::save::write_json;
 use crate::model::Llama;
@@ -38,7 +38,7 @@ pub fn run(args: LayersArgs) -> Result<()> {
     if let Some(path) = &args.json {
         check_output_file("--json", path, &files.paths())?;
     }
-    let loaded = load_resolved(files, &args.model)?;
+    let loaded = args.model.load(files)?;
     let n_layers = loaded.model.num_layers();
     check_num_prune_layers(args.num_prune_layers, n_layers)?;
     let calib = args.calibration.load(

@@ -9,6 +9,7 @@ mod export;
 mod frontier;
 mod layers;
 mod preflight;
+mod value_enums;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

@@ -13,8 +13,10 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::data::calibration::encode_stream;
-use crate::data::corpus::{load_rows, Corpus, Split};
+use crate::data::corpus::{load_rows, Corpus};
+use crate::data::Split;
 use crate::eval::{CausalLm, PackedRow};
+use crate::io::hub::Hub;
 
 /// How a corpus is scored.
 #[derive(Clone, Debug)]
@@ -53,7 +55,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     pub fn load(tokenizer: &Tokenizer, corpus: &Corpus, data_dir: Option<&Path>) -> Result<Self> {
-        let rows = load_rows(corpus, Split::Test, data_dir)?;
+        let rows = load_rows(corpus, Split::Eval, data_dir, &Hub::from_env())?;
         let encoding = encode_stream(tokenizer, &rows.rows.join("\n\n"), true)?;
         Ok(Self {
             dataset: corpus.name(),

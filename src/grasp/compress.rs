@@ -19,7 +19,7 @@ use crate::model::Llama;
 use crate::runtime;
 
 /// What to do with the redundant layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Keep the singular values with the largest gradient attribution (the paper).

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::ensure;
 use candle_core::{DType, Device, Tensor};
 use grasp::eval::{CausalLm, PackedRow};
+use grasp::io::hub::Hub;
 use grasp::io::load::{load_files, resolve, Loaded};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -52,6 +53,12 @@ fn absent<T>(missing: &str) -> Option<T> {
     }
     eprintln!("skipping: {missing}");
     None
+}
+
+/// A hub that only has an empty cache: a test reads its data locally or gets the offline error,
+/// and never uses the network.
+pub fn offline_hub() -> Hub {
+    Hub::offline(PathBuf::from("/nonexistent/grasp-test-hub-cache"))
 }
 
 pub fn stories_dir() -> Option<PathBuf> {
