@@ -13,4 +13,5 @@ pub mod grasp;
 pub mod io;
 pub mod model;
 pub mod pipeline;
+pub mod progress;
 pub mod runtime;

@@ -16,6 +16,7 @@ use crate::grasp::compress::{
 use crate::grasp::selection::RankRule;
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
+use crate::progress;
 use crate::runtime;
 
 #[derive(Args, Debug, Serialize)]
@@ -322,7 +323,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         "params_in_output": if args.merge { params_merged } else { params_after },
         "output_form": if args.merge { "merged" } else { "factorized" },
     });
-    let spinner = runtime::spinner(format!("writing {}", out.display()));
+    let spinner = progress::spinner(format!("writing {}", out.display()));
     let mut weights_bytes = 0;
     let mut timings = None;
     save_model(

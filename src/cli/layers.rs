@@ -13,7 +13,7 @@ use crate::io::load::resolve;
 use crate::io::out_path::check_output_file;
 use crate::io::save::write_json;
 use crate::model::Llama;
-use crate::runtime;
+use crate::progress;
 
 #[derive(Args, Debug)]
 pub struct LayersArgs {
@@ -88,7 +88,7 @@ pub fn score_layers(
     inputs: Option<&mut InputCollector>,
 ) -> Result<BlockInfluence> {
     let span = if angular { num_prune_layers } else { 1 };
-    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
+    let bar = progress::bar(calib.windows.len() as u64, "block influence", "windows");
     let batch = batch_size * BI_MIN_WINDOWS.div_ceil(batch_size.max(1));
     let bi = block_influence(model, calib, batch, angular, span, &bar, inputs)?;
     bar.finish_and_clear();

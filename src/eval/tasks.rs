@@ -15,7 +15,7 @@ use crate::data::Split;
 use crate::eval::harness::{encode_pair, loglikelihoods, Request};
 use crate::eval::CausalLm;
 use crate::io::hub::Hub;
-use crate::runtime;
+use crate::progress;
 
 /// How to run each task.
 #[derive(Clone, Debug)]
@@ -75,7 +75,7 @@ pub fn run_task(
         vec![String::new(); docs.len()]
     };
     let requests = encode_docs(tokenizer, &docs, &prefixes).with_context(|| task.to_string())?;
-    let progress = runtime::progress_bar(requests.len() as u64, task.name(), "requests");
+    let progress = progress::bar(requests.len() as u64, task.name(), "requests");
     let scores = loglikelihoods(model, &requests, options.batch_size, &progress)
         .with_context(|| format!("{task}: scoring failed"))?;
     progress.finish();

@@ -16,6 +16,7 @@ use super::svd::{thin_svd, SvdDtype};
 use crate::model::linear::Linear;
 use crate::model::llama::{Block, Projection};
 use crate::model::Llama;
+use crate::progress;
 use crate::runtime;
 
 /// What to do with the redundant layers.
@@ -223,7 +224,7 @@ pub fn compress_layers(
             out.blocks.push(report);
         }
         if opts.method == Method::Hybrid {
-            let bar = runtime::progress_bar(
+            let bar = progress::bar(
                 batches.windows() as u64,
                 &format!("layer {layer} guard"),
                 "windows",
@@ -274,7 +275,7 @@ fn compress_block(
 
     let t = Instant::now();
     let (grads, calib_loss_mean) = if opts.method.uses_gradients() {
-        let bar = runtime::progress_bar(
+        let bar = progress::bar(
             batches.windows() as u64,
             &format!("layer {layer} {block_name}"),
             "windows",
