@@ -213,7 +213,7 @@ pub fn averages(results: &[TaskResult]) -> Option<Averages> {
 /// An lm-eval-style markdown table of the results, followed by the averages.
 pub fn markdown_table(results: &[TaskResult]) -> String {
     let mut out = String::from(
-        "| Task | n-shot | n | TaskMetric | Value |   | Stderr |\n\
+        "| Task | n-shot | n | Metric | Value |   | Stderr |\n\
          |------|-------:|--:|--------|------:|---|-------:|\n",
     );
     for result in results {
