@@ -354,12 +354,15 @@ fn layers_json_scores_every_layer_and_picks_the_lowest() {
     let Some(stories) = stories() else { return };
     let tmp = TempDir::new("cli-layers");
     let json = tmp.join("layers.json");
+    let preset = tmp.join("preset.toml");
+    fs::write(&preset, "num_prune_layers = 2\n").unwrap();
     let output = grasp()
         .arg("layers")
         .arg("--model")
         .arg(&stories.model)
         .args(SMALL_CALIBRATION)
-        .args(["--num-prune-layers", "2"])
+        .arg("--config")
+        .arg(&preset)
         .arg("--data-dir")
         .arg(&stories.data)
         .arg("--json")
@@ -368,6 +371,7 @@ fn layers_json_scores_every_layer_and_picks_the_lowest() {
         .unwrap();
     assert_success(&output, "grasp layers");
     let scores = read_json(&json);
+    assert_eq!(scores["config"], preset.to_str().unwrap());
     let bi = f64s(&scores["bi"]);
     assert_eq!(bi.len(), 5);
     assert!(bi.iter().all(|b| b.is_finite()), "bi {bi:?}");
@@ -400,6 +404,7 @@ fn command_line_flags_win_over_the_config_file() {
     assert_eq!(args["ratio"].as_f64(), Some(0.5));
     assert_eq!(args["num_prune_layers"], 1, "the file's other keys apply");
     assert_eq!(args["method"], "svd");
+    assert_eq!(args["config"], preset, "the report names the config file");
     // The ratio used, not only the one recorded: k = ⌊in·out·(1−ratio)/(in+out)⌋.
     for (name, module) in report["modules"].as_object().unwrap() {
         let (i, o) = (
@@ -408,6 +413,36 @@ fn command_line_flags_win_over_the_config_file() {
         );
         assert_eq!(module_k(module) as u64, i * o / 2 / (i + o), "{name}");
     }
+}
+
+/// `grasp eval --config` takes its flags from the file and names it in the JSON report.
+#[test]
+fn eval_reads_its_flags_from_the_config_file_and_records_it() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("cli-eval-config");
+    let (json, preset) = (tmp.join("eval.json"), tmp.join("preset.toml"));
+    fs::write(
+        &preset,
+        "ppl = \"wikitext2\"\nlimit = 1\nppl_seq_len = 64\n",
+    )
+    .unwrap();
+    let output = grasp()
+        .arg("eval")
+        .arg("--model")
+        .arg(&stories.model)
+        .arg("--config")
+        .arg(&preset)
+        .arg("--data-dir")
+        .arg(&stories.data)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    assert_success(&output, "grasp eval --config");
+    let report = read_json(&json);
+    assert_eq!(report["args"]["config"], preset.to_str().unwrap());
+    assert_eq!(report["args"]["ppl_seq_len"], 64);
+    assert_eq!(report["perplexity"][0]["windows"], 1);
 }
 
 /// A task file missing under --data-dir is read from the hub cache (HF_HOME), in the hub's

@@ -203,9 +203,23 @@ pub struct ProjectionArgs {
     /// values are only accurate to ~1e-4, which moves their gradients by as much.
     #[arg(long, value_enum, default_value = "f64")]
     pub svd_dtype: crate::grasp::svd::SvdDtype,
+    /// Memory for the chosen layers' inputs between the passes, in MiB; beyond it they go to
+    /// files beside the output while the run lasts.
+    #[arg(
+        long,
+        value_name = "MB",
+        env = "GRASP_INPUT_CACHE_MB",
+        default_value_t = 256
+    )]
+    pub input_cache_mb: usize,
 }
 
 impl ProjectionArgs {
+    /// `--input-cache-mb` in bytes.
+    pub fn input_cache_bytes(&self) -> usize {
+        self.input_cache_mb.saturating_mul(1 << 20)
+    }
+
     /// The MLP and attention targets, parsed.
     pub fn targets(&self) -> anyhow::Result<(Vec<Projection>, Vec<Projection>)> {
         Ok((

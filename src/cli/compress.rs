@@ -69,7 +69,7 @@ pub struct CompressArgs {
     #[arg(long)]
     pub verbose: bool,
     /// TOML file with the same keys as these flags (flags given on the command line win).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 }
 
@@ -174,7 +174,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let t = Instant::now();
     let input_dir = Staging::scratch(&out, "inputs")?;
     let input_cache = InputCache {
-        memory_budget: input_cache_budget(),
+        memory_budget: args.projections.input_cache_bytes(),
         disk_dir: Some(input_dir.dir().to_path_buf()),
     };
     let candidates: Vec<usize> = match &args.layers {
@@ -398,15 +398,6 @@ pub(super) fn bi_pass_collector(
         _ => return None,
     };
     Some(InputCollector::new(candidates, disk, batch_size))
-}
-
-pub(super) fn input_cache_budget() -> usize {
-    std::env::var("GRASP_INPUT_CACHE_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(256)
-        * 1024
-        * 1024
 }
 
 fn print_summary(

@@ -50,6 +50,9 @@ pub struct EvalArgs {
     /// Also write every result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 /// Everything one `grasp eval` run measured.
@@ -196,6 +199,7 @@ fn args_json(args: &EvalArgs) -> serde_json::Value {
         "batch_size": args.batch_size,
         "num_fewshot": args.num_fewshot,
         "data_dir": args.data_dir,
+        "config": args.config,
     })
 }
 

@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{CalibrationArgs, Log, ModelArgs, ProjectionArgs};
-use super::compress::{bi_pass_collector, input_cache_budget};
+use super::compress::bi_pass_collector;
 use super::layers::{check_num_prune_layers, score_layers};
 use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
@@ -78,6 +78,9 @@ pub struct FrontierArgs {
     /// Replace an existing output directory.
     #[arg(long)]
     pub force: bool,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -140,7 +143,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     let t = Instant::now();
     let scratch = Staging::scratch(&out, "inputs")?;
     let input_cache = InputCache {
-        memory_budget: input_cache_budget(),
+        memory_budget: args.projections.input_cache_bytes(),
         disk_dir: Some(scratch.dir().to_path_buf()),
     };
     let all: Vec<usize> = (0..model.num_layers()).collect();

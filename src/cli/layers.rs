@@ -30,6 +30,9 @@ pub struct LayersArgs {
     /// Also write the scores as JSON ({"bi": [...], "chosen_layers": [...], ...}).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(args: LayersArgs) -> Result<()> {
@@ -66,6 +69,7 @@ pub fn run(args: LayersArgs) -> Result<()> {
             "seq_len": calib.seq_len,
             "calibration_source": calib.source,
             "chosen_layers": chosen,
+            "config": args.config,
         });
         write_json(path, &json)?;
     }
