@@ -356,19 +356,7 @@ fn layers_json_scores_every_layer_and_picks_the_lowest() {
     let json = tmp.join("layers.json");
     let preset = tmp.join("preset.toml");
     fs::write(&preset, "num_prune_layers = 2\n").unwrap();
-    let output = grasp()
-        .arg("layers")
-        .arg("--model")
-        .arg(&stories.model)
-        .args(SMALL_CALIBRATION)
-        .arg("--config")
-        .arg(&preset)
-        .arg("--data-dir")
-        .arg(&stories.data)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
+    let output = run_with_config("layers", &stories, &preset, &json, &SMALL_CALIBRATION);
     assert_success(&output, "grasp layers");
     let scores = read_json(&json);
     assert_eq!(scores["config"], preset.to_str().unwrap());
@@ -426,18 +414,7 @@ fn eval_reads_its_flags_from_the_config_file_and_records_it() {
         "ppl = \"wikitext2\"\nlimit = 1\nppl_seq_len = 64\n",
     )
     .unwrap();
-    let output = grasp()
-        .arg("eval")
-        .arg("--model")
-        .arg(&stories.model)
-        .arg("--config")
-        .arg(&preset)
-        .arg("--data-dir")
-        .arg(&stories.data)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
+    let output = run_with_config("eval", &stories, &preset, &json, &[]);
     assert_success(&output, "grasp eval --config");
     let report = read_json(&json);
     assert_eq!(report["args"]["config"], preset.to_str().unwrap());
