@@ -14,5 +14,6 @@ pub mod grasp;
 pub mod io;
 pub mod model;
 pub mod pipeline;
+pub mod progress;
 pub mod recovery;
 pub mod runtime;

@@ -78,25 +78,6 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// A progress bar on stderr (hidden when stderr is not a terminal).
-pub fn progress_bar(len: u64, prefix: &str, unit: &str) -> indicatif::ProgressBar {
-    let style = indicatif::ProgressStyle::with_template(&format!(
-        "{{prefix:>24}} [{{bar:30}}] {{pos}}/{{len}} {unit} {{elapsed_precise}} (eta {{eta}}) {{msg}}"
-    ))
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
-    indicatif::ProgressBar::new(len)
-        .with_style(style)
-        .with_prefix(prefix.to_string())
-}
-
-/// A spinner for work without a count (hidden when stderr is not a terminal).
-pub fn spinner(message: String) -> indicatif::ProgressBar {
-    let bar = indicatif::ProgressBar::new_spinner().with_message(message);
-    bar.enable_steady_tick(std::time::Duration::from_millis(120));
-    bar
-}
-
 /// A closed stdout (`grasp eval ... | head -n 1`) ends the process quietly, as it does other
 /// command-line tools, instead of making the next print panic: Rust ignores SIGPIPE by
 /// default, which turns the write into an error that `println!` panics on.

@@ -4,7 +4,6 @@
 
 #[path = "bad_inputs/checkpoints.rs"]
 mod checkpoints;
-mod common;
 #[path = "bad_inputs/faults.rs"]
 mod faults;
 #[path = "bad_inputs/flags.rs"]

@@ -2,18 +2,16 @@
 //! that the outputs load (in `grasp eval` and in candle-transformers' own Llama), and how bad
 //! input is refused.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Output;
 
+use crate::common::cli::*;
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama as reference;
-use common::cli::*;
-use common::*;
 use grasp::io::load::{load_files, resolve};
 use serde_json::Value;
 
@@ -356,20 +354,12 @@ fn layers_json_scores_every_layer_and_picks_the_lowest() {
     let Some(stories) = stories() else { return };
     let tmp = TempDir::new("cli-layers");
     let json = tmp.join("layers.json");
-    let output = grasp()
-        .arg("layers")
-        .arg("--model")
-        .arg(&stories.model)
-        .args(SMALL_CALIBRATION)
-        .args(["--num-prune-layers", "2"])
-        .arg("--data-dir")
-        .arg(&stories.data)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .unwrap();
+    let preset = tmp.join("preset.toml");
+    fs::write(&preset, "num_prune_layers = 2\n").unwrap();
+    let output = run_with_config("layers", &stories, &preset, &json, &SMALL_CALIBRATION);
     assert_success(&output, "grasp layers");
     let scores = read_json(&json);
+    assert_eq!(scores["config"], preset.to_str().unwrap());
     let bi = f64s(&scores["bi"]);
     assert_eq!(bi.len(), 5);
     assert!(bi.iter().all(|b| b.is_finite()), "bi {bi:?}");
@@ -402,6 +392,7 @@ fn command_line_flags_win_over_the_config_file() {
     assert_eq!(args["ratio"].as_f64(), Some(0.5));
     assert_eq!(args["num_prune_layers"], 1, "the file's other keys apply");
     assert_eq!(args["method"], "svd");
+    assert_eq!(args["config"], preset, "the report names the config file");
     // The ratio used, not only the one recorded: k = ⌊in·out·(1−ratio)/(in+out)⌋.
     for (name, module) in report["modules"].as_object().unwrap() {
         let (i, o) = (
@@ -410,6 +401,25 @@ fn command_line_flags_win_over_the_config_file() {
         );
         assert_eq!(module_k(module) as u64, i * o / 2 / (i + o), "{name}");
     }
+}
+
+/// `grasp eval --config` takes its flags from the file and names it in the JSON report.
+#[test]
+fn eval_reads_its_flags_from_the_config_file_and_records_it() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("cli-eval-config");
+    let (json, preset) = (tmp.join("eval.json"), tmp.join("preset.toml"));
+    fs::write(
+        &preset,
+        "ppl = \"wikitext2\"\nlimit = 1\nppl_seq_len = 64\n",
+    )
+    .unwrap();
+    let output = run_with_config("eval", &stories, &preset, &json, &[]);
+    assert_success(&output, "grasp eval --config");
+    let report = read_json(&json);
+    assert_eq!(report["args"]["config"], preset.to_str().unwrap());
+    assert_eq!(report["args"]["ppl_seq_len"], 64);
+    assert_eq!(report["perplexity"][0]["windows"], 1);
 }
 
 /// A task file missing under --data-dir is read from the hub cache (HF_HOME), in the hub's

@@ -1,15 +1,13 @@
 //! `grasp convert` against transformers' own conversions of the same GGUF files
 //! (../shared/models/*-hf, *-ref and the golden token ids).
 
-mod common;
-
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use crate::common::{max_abs_diff, shared_dir, smollm2_dir, u32s, TempDir};
 use candle_core::{DType, Device, Tensor};
-use common::{max_abs_diff, shared_dir, smollm2_dir, u32s, TempDir};
 use grasp::io::convert::{convert_gguf, ConvertSummary};
 use grasp::io::gguf_pretok::PreTokenizer;
 use serde_json::Value;

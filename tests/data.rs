@@ -1,17 +1,18 @@
 //! Corpora, calibration windows and perplexity: golden windows from the reference
 //! implementation, sampling, file formats, error messages, and perplexity against mock models.
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::{offline_hub, shared_dir, MockLm, TempDir};
 use candle_core::Device;
-use common::{shared_dir, MockLm, TempDir};
 use grasp::data::calibration::{
     load_calibration, windows_from_rows, Calibration, CalibrationSpec, Sampling,
 };
-use grasp::data::corpus::{load_rows, read_rows, Corpus, Split};
+use grasp::data::corpus::{load_rows, Corpus};
+use grasp::data::rows::read_rows;
+use grasp::data::Split;
 use grasp::eval::perplexity::{perplexity, perplexity_of_stream, PerplexitySpec};
+use grasp::io::hub::Hub;
 use tokenizers::Tokenizer;
 
 fn tokenizer(shared: &Path, model: &str) -> Tokenizer {
@@ -64,8 +65,9 @@ fn random_windows_depend_only_on_the_seed() {
     let tokenizer = tokenizer(&shared, "stories260K-hf");
     let rows = load_rows(
         &Corpus::Wikitext2,
-        Split::Calibration,
+        Split::Train,
         Some(&shared.join("data")),
+        &offline_hub(),
     )
     .unwrap()
     .rows;
@@ -148,7 +150,13 @@ fn local_files_become_rows() {
         "{\"text\": \"a\\nb\", \"url\": \"u\"}\n{\"text\": \"c\"}\n",
     )
     .unwrap();
-    let rows = load_rows(&Corpus::File(jsonl.clone()), Split::Test, None).unwrap();
+    let rows = load_rows(
+        &Corpus::File(jsonl.clone()),
+        Split::Eval,
+        None,
+        &offline_hub(),
+    )
+    .unwrap();
     assert_eq!(rows.rows, ["a\nb", "c"]);
     assert_eq!(rows.source, jsonl.display().to_string());
 
@@ -161,25 +169,24 @@ fn local_files_become_rows() {
 fn named_corpora_read_the_shared_layout() {
     let Some(shared) = shared_dir() else { return };
     let data = shared.join("data");
-    let ptb = load_rows(&Corpus::Ptb, Split::Test, Some(&data)).unwrap();
+    let ptb = load_rows(&Corpus::Ptb, Split::Eval, Some(&data), &offline_hub()).unwrap();
     assert_eq!(ptb.rows.len(), 3761);
     assert!(ptb.source.ends_with("ptb/ptb.test.txt"), "{}", ptb.source);
-    let ptb_calibration = load_rows(&Corpus::Ptb, Split::Calibration, Some(&data)).unwrap();
+    let ptb_calibration =
+        load_rows(&Corpus::Ptb, Split::Train, Some(&data), &offline_hub()).unwrap();
     assert!(ptb_calibration.source.ends_with("ptb/ptb.valid.txt"));
-    let c4 = load_rows(&Corpus::C4, Split::Test, Some(&data)).unwrap();
+    let c4 = load_rows(&Corpus::C4, Split::Eval, Some(&data), &offline_hub()).unwrap();
     assert_eq!(c4.rows.len(), 1000);
     assert!(c4.source.ends_with("c4_en_train_first1000.jsonl"));
-    let wiki = load_rows(&Corpus::Wikitext2, Split::Test, Some(&data)).unwrap();
+    let wiki = load_rows(&Corpus::Wikitext2, Split::Eval, Some(&data), &offline_hub()).unwrap();
     assert_eq!(wiki.rows.len(), 4358);
 }
 
 #[test]
 fn missing_local_file_offline_names_file_and_flag() {
     let empty = TempDir::new("data-offline");
-    // Only this test reaches the hub code path, so changing the environment is contained.
-    std::env::set_var("HF_HUB_OFFLINE", "1");
-    std::env::set_var("HF_HOME", empty.join("hf-home"));
-    let err = load_rows(&Corpus::Wikitext2, Split::Test, Some(empty.path()))
+    let hub = Hub::offline(empty.join("hf-home/hub"));
+    let err = load_rows(&Corpus::Wikitext2, Split::Eval, Some(empty.path()), &hub)
         .unwrap_err()
         .to_string();
     assert!(!err.contains('\n'), "not one line: {err}");

@@ -2,17 +2,15 @@
 //! `grasp convert`: the same tensors (exactly in f32, within the format's rounding otherwise)
 //! and the same tokenization. Also the GGUF reader's `tokenizer.ggml.pre`.
 
-mod common;
-
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
+use crate::common::cli::{grasp, stderr};
+use crate::common::{max_abs_diff, shared_dir, TempDir};
 use candle_core::quantized::gguf_file::{self, Content, Value};
 use candle_core::{Device, Tensor};
-use common::cli::{grasp, stderr};
-use common::{max_abs_diff, shared_dir, TempDir};
 use grasp::io::gguf_meta::GgufMetadata;
 use grasp::io::gguf_tokenizer::GgufVocab;
 use grasp::io::load::load_tokenizer;

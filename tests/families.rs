@@ -2,14 +2,12 @@
 //! transformers wrote in `../shared/models/families`: grasp's logits against transformers',
 //! and `grasp compress` then `grasp eval` end to end on each.
 
-mod common;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use crate::common::cli::*;
+use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use common::cli::*;
-use common::*;
 
 const FAMILIES: [&str; 3] = ["llama3-tiny", "qwen2-tiny", "mistral-tiny"];
 

@@ -2,12 +2,10 @@
 //! as the same model built by `grasp compress` and scored by `grasp eval`, and the frontier is
 //! marked as defined.
 
-mod common;
-
 use std::fs;
 
-use common::cli::*;
-use common::TempDir;
+use crate::common::cli::*;
+use crate::common::TempDir;
 use serde_json::Value;
 
 fn points(report: &Value) -> &Vec<Value> {

@@ -1,11 +1,9 @@
 //! Block Influence and full GRASP runs against the PyTorch reference (`../shared/golden`).
 
-mod common;
-
 use std::path::Path;
 
+use crate::common::*;
 use candle_core::{DType, Device};
-use common::*;
 use grasp::data::calibration::Calibration;
 use grasp::grasp::attribution::{Batches, LayerInputs};
 use grasp::grasp::compress::{CompressOptions, Method};

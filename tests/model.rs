@@ -1,13 +1,9 @@
 //! The Llama forward against the PyTorch reference, and dL/dS against finite differences.
 
-mod common;
-
+use crate::common::*;
 use candle_core::{DType, Device, Tensor, Var};
-use common::*;
 use grasp::eval::{CausalLm, PackedRow};
-use grasp::grasp::attribution::{
-    concurrent_passes, singular_value_gradients, Batches, LayerInputs,
-};
+use grasp::grasp::attribution::{passes_that_fit, singular_value_gradients, Batches, LayerInputs};
 use grasp::grasp::svd::{thin_svd, SvdDtype};
 use grasp::model::linear::Linear;
 use grasp::model::llama::Projection;
@@ -165,8 +161,8 @@ fn singular_value_gradients_match_finite_differences() {
     assert!(worst < 1e-6, "worst relative gradient error {worst:.2e}");
 }
 
-/// dL/dS summed over batches is the same, bit for bit, with one pass at a time on a pool of
-/// two threads as with two single-threaded passes side by side.
+/// dL/dS summed over batches is the same, bit for bit, on a pool of one thread (one pass at a
+/// time) as on a pool of two (two single-threaded passes side by side where memory allows).
 #[test]
 fn singular_value_gradients_do_not_depend_on_concurrent_passes() {
     let Some(dir) = stories_dir() else {
@@ -204,7 +200,6 @@ fn singular_value_gradients_do_not_depend_on_concurrent_passes() {
             .build()
             .unwrap();
         pool.install(|| {
-            let passes = concurrent_passes(&model, 1, &batches);
             let g = singular_value_gradients(
                 &model,
                 1,
@@ -214,14 +209,28 @@ fn singular_value_gradients_do_not_depend_on_concurrent_passes() {
                 &ProgressBar::hidden(),
             )
             .unwrap();
-            (passes, g.grads, g.loss_mean)
+            (g.grads, g.loss_mean)
         })
     };
-    let (one, serial, serial_loss) = run(1);
-    let (two, parallel, parallel_loss) = run(2);
-    assert_eq!((one, two), (1, 2), "passes at once on 1 and 2 threads");
+    let (serial, serial_loss) = run(1);
+    let (parallel, parallel_loss) = run(2);
     assert_eq!(serial, parallel);
     assert_eq!(serial_loss, parallel_loss);
+}
+
+/// Passes at once: one per thread, no more than there are batches, as many as fit in half the
+/// available memory, and one when the memory is unknown or too small for even one.
+#[test]
+fn concurrent_passes_follow_threads_batches_and_memory() {
+    const GIB: u64 = 1 << 30;
+    let pass = GIB as usize;
+    assert_eq!(passes_that_fit(2, 4, pass, Some(64 * GIB)), 2);
+    assert_eq!(passes_that_fit(8, 3, pass, Some(64 * GIB)), 3);
+    assert_eq!(passes_that_fit(8, 16, pass, Some(10 * GIB)), 5);
+    assert_eq!(passes_that_fit(8, 16, pass, Some(GIB)), 1);
+    assert_eq!(passes_that_fit(8, 16, pass, None), 1);
+    assert_eq!(passes_that_fit(1, 16, pass, Some(64 * GIB)), 1);
+    assert_eq!(passes_that_fit(4, 0, pass, Some(64 * GIB)), 1);
 }
 
 /// Every S in the first and last layer gets a gradient (the fused kernels would give None).

@@ -2,14 +2,12 @@
 //! differences, no gradient for a frozen weight, frozen tensors written back unchanged, the
 //! loss falling on a short run, and one-line refusals of bad data.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use crate::common::cli::{assert_success, compress_ok, grasp, read_json, refusal_problem, stories};
+use crate::common::{load, stories_dir, TempDir};
 use candle_core::{DType, Device, Tensor};
-use common::cli::{assert_success, compress_ok, grasp, read_json, refusal_problem, stories};
-use common::{load, stories_dir, TempDir};
 use grasp::data::alpaca::{tokenize_examples, Example, ExampleSpec, PromptTemplate, Record};
 use grasp::model::linear::Linear;
 use grasp::model::llama::Projection;
@@ -264,7 +262,7 @@ fn finetune_trains_only_the_compressed_layers_and_lowers_the_loss() {
         read_json(&compressed.join("config.json"))["grasp"],
         "the factorized ranks are kept"
     );
-    common::cli::perplexity(&stories, &tuned, &tmp.join("eval.json"));
+    crate::common::cli::perplexity(&stories, &tuned, &tmp.join("eval.json"));
 }
 
 #[test]
@@ -357,7 +355,7 @@ fn bad_data_and_settings_are_refused_in_one_line() {
         assert!(!out.exists(), "{extra:?} left {}", out.display());
     }
     let out = tmp.join("compress-out");
-    let output = common::cli::compress(
+    let output = crate::common::cli::compress(
         &stories,
         &out,
         &["--layers", "2", "--recovery", "--data-path", &missing],
@@ -366,7 +364,7 @@ fn bad_data_and_settings_are_refused_in_one_line() {
         panic!("compress --recovery: {why}");
     }
     assert!(
-        !common::cli::stderr(&output).contains("block influence"),
+        !crate::common::cli::stderr(&output).contains("block influence"),
         "refused late"
     );
     assert!(!out.exists());

@@ -3,10 +3,8 @@
 //! options in one row, where a branch's place in the row can change the last bits of its
 //! score; identical options must still come out identical.
 
-mod common;
-
+use crate::common::MockLm;
 use candle_core::Device;
-use common::MockLm;
 use grasp::data::tasks::{parse_doc, Task};
 use grasp::eval::harness::{loglikelihoods, Request};
 use grasp::eval::tasks::judge;

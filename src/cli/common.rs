@@ -2,7 +2,9 @@
 
 use clap::Args;
 
+use crate::io::load::{load_files, Loaded, ModelFiles};
 use crate::model::llama::{Block, Projection};
+use crate::runtime;
 
 /// Which model to load and where to run it.
 #[derive(Args, Clone, Debug, serde::Serialize)]
@@ -21,6 +23,19 @@ pub struct ModelArgs {
     /// Compute dtype: f32, bf16 or f16 (default: f32 on the CPU, bf16 on CUDA).
     #[arg(long)]
     pub dtype: Option<String>,
+}
+
+impl ModelArgs {
+    /// Loads the already-resolved `files` of `--model` on `--device` in `--dtype`.
+    pub fn load(&self, files: ModelFiles) -> anyhow::Result<Loaded> {
+        let device = runtime::parse_device(&self.device)?;
+        let dtype = self
+            .dtype
+            .as_deref()
+            .map(runtime::parse_dtype)
+            .transpose()?;
+        load_files(files, &device, dtype)
+    }
 }
 
 /// Which calibration text to run through the model.
@@ -188,6 +203,15 @@ pub struct ProjectionArgs {
     /// values are only accurate to ~1e-4, which moves their gradients by as much.
     #[arg(long, value_enum, default_value = "f64")]
     pub svd_dtype: crate::grasp::svd::SvdDtype,
+    /// Memory for the chosen layers' inputs between the passes, in MiB; beyond it they go to
+    /// files beside the output while the run lasts.
+    #[arg(
+        long,
+        value_name = "MB",
+        env = "GRASP_INPUT_CACHE_MB",
+        default_value_t = 256
+    )]
+    pub input_cache_mb: usize,
 }
 
 impl ProjectionArgs {
@@ -206,6 +230,11 @@ impl ProjectionArgs {
             attn_targets,
             svd_dtype: self.svd_dtype,
         })
+    }
+
+    /// `--input-cache-mb` in bytes.
+    pub fn input_cache_bytes(&self) -> usize {
+        self.input_cache_mb.saturating_mul(1 << 20)
     }
 
     /// The MLP and attention targets, parsed.
@@ -227,15 +256,4 @@ fn parse_targets(names: &[String], block: Block, flag: &str) -> anyhow::Result<V
             _ => anyhow::bail!("{flag}: unknown target type `{n}`"),
         })
         .collect()
-}
-
-/// Bytes of layer inputs kept in memory (GRASP_INPUT_CACHE_MB, 256 MB by default); beyond
-/// them they go to disk or are recomputed.
-pub fn input_cache_budget() -> usize {
-    std::env::var("GRASP_INPUT_CACHE_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or(256)
-        * 1024
-        * 1024
 }

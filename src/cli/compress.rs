@@ -7,13 +7,12 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{input_cache_budget, CalibrationArgs, ModelArgs, ProjectionArgs};
+use super::common::{CalibrationArgs, ModelArgs, ProjectionArgs};
 use super::finetune::train_with_progress;
 use super::layers::{layer_choice, print_table};
 use super::summary::{log_blocks, print_summary};
 use crate::grasp::compress::Method;
 use crate::grasp::selection::RankRule;
-use crate::io::load::load_resolved;
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
 use crate::pipeline::compress::{compress, CompressPlan};
@@ -79,7 +78,7 @@ pub struct CompressArgs {
     #[arg(long)]
     pub verbose: bool,
     /// TOML file with the same keys as these flags (flags given on the command line win).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 }
 
@@ -99,7 +98,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         .then(|| args.training.plan(data_dir, seed))
         .transpose()?;
 
-    let loaded = load_resolved(checked.files, &args.model)?;
+    let loaded = args.model.load(checked.files)?;
     let mut model = loaded.model;
     let n_layers = model.num_layers();
     let recovery = recovery
@@ -151,7 +150,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         batch_size: args.calibration.batch_size,
         label_shift: args.calibration.label_shift as usize,
         input_cache: InputCache {
-            memory_budget: input_cache_budget(),
+            memory_budget: args.projections.input_cache_bytes(),
             disk_dir: Some(input_dir.dir().to_path_buf()),
         },
         output: if args.merge {
@@ -190,7 +189,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     }
 
     let t = Instant::now();
-    let spinner = runtime::spinner(format!("writing {}", out.display()));
+    let spinner = crate::progress::spinner(format!("writing {}", out.display()));
     save_model(
         &model,
         &loaded.files,

@@ -1,7 +1,8 @@
 //! `--config FILE.toml`: a preset whose keys are the long flags of the subcommand.
 //!
 //! The file's entries are turned into flags placed before the ones typed, and every flag is
-//! declared to override itself, so a flag on the command line wins over the file.
+//! declared to override itself, so a flag on the command line wins over the file. `--config`
+//! itself stays among the typed flags, so that the subcommand's report can name the file.
 
 use std::ffi::OsString;
 use std::path::Path;
@@ -15,14 +16,14 @@ pub fn expand(args: Vec<OsString>, cli: &clap::Command) -> Result<Vec<OsString>>
     let inline = args
         .iter()
         .position(|a| a.to_string_lossy().starts_with("--config="));
-    let (index, path, remove) = match (position, inline) {
+    let path = match (position, inline) {
         (Some(i), _) => match args.get(i + 1) {
-            Some(p) => (i, p.clone(), 2),
+            Some(p) => p.clone(),
             None => return Ok(args),
         },
         (None, Some(i)) => {
             let text = args[i].to_string_lossy().into_owned();
-            (i, OsString::from(&text["--config=".len()..]), 1)
+            OsString::from(&text["--config=".len()..])
         }
         (None, None) => return Ok(args),
     };
@@ -41,13 +42,7 @@ pub fn expand(args: Vec<OsString>, cli: &clap::Command) -> Result<Vec<OsString>>
     // Subcommand first (argv[0], subcommand), then the file's flags, then the typed ones.
     out.extend(args.iter().take(2).cloned());
     out.extend(flags.into_iter().map(OsString::from));
-    out.extend(
-        args.iter()
-            .enumerate()
-            .skip(2)
-            .filter(|(i, _)| *i < index || *i >= index + remove)
-            .map(|(_, a)| a.clone()),
-    );
+    out.extend(args.iter().skip(2).cloned());
     Ok(out)
 }
 
@@ -101,7 +96,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn file_flags_go_before_typed_flags() {
+    fn file_flags_go_before_typed_flags_and_the_config_stays() {
         let dir = std::env::temp_dir().join(format!("grasp-config-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("c.toml");
@@ -140,7 +135,9 @@ mod tests {
             .windows(2)
             .any(|w| w == ["--mlp-targets", "up_proj,down_proj"]));
         assert!(out.contains(&"--merge".to_string()) && !out.contains(&"--angular".to_string()));
-        assert!(!out.contains(&"--config".to_string()));
+        assert!(out
+            .windows(2)
+            .any(|w| w == ["--config", file.to_str().unwrap()]));
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -31,6 +31,9 @@ pub struct ConvertArgs {
     /// Replace an existing --out directory (only after the new one is complete).
     #[arg(long)]
     pub force: bool,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 /// Floating-point types for the converted weights.

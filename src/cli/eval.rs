@@ -9,10 +9,12 @@ use serde::Serialize;
 
 use super::common::{unsigned, ModelArgs};
 use crate::data::corpus::{default_data_dir, Corpus};
-use crate::data::tasks::{task_file, Split, Task};
+use crate::data::tasks::{task_file, Task};
+use crate::data::Split;
 use crate::eval::perplexity::{perplexity, PerplexityResult, PerplexitySpec};
 use crate::eval::tasks::{averages, markdown_table, run_task, Averages, TaskOptions, TaskResult};
-use crate::io::load::{load_resolved, resolve, Loaded};
+use crate::io::hub::Hub;
+use crate::io::load::{resolve, Loaded};
 use crate::io::out_path::check_output_file;
 use crate::io::staging::write_json;
 
@@ -48,6 +50,9 @@ pub struct EvalArgs {
     /// Also write every result as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 /// Everything one `grasp eval` run measured.
@@ -85,7 +90,7 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if let Some(path) = &args.json {
         check_output_file("--json", path, &files.paths())?;
     }
-    let loaded = load_resolved(files, &args.model)?;
+    let loaded = args.model.load(files)?;
     println!(
         "model: {} ({})",
         loaded.files.name,
@@ -170,10 +175,11 @@ fn data_dir(given: Option<&Path>) -> Result<Option<PathBuf>> {
 /// Fails before the model is loaded when a task file is missing (downloading those the hub
 /// has).
 fn check_task_files(tasks: &[Task], data_dir: Option<&Path>, num_fewshot: usize) -> Result<()> {
+    let hub = Hub::from_env();
     for &task in tasks {
-        task_file(task, Split::Eval, data_dir)?;
+        task_file(task, Split::Eval, data_dir, &hub)?;
         if num_fewshot > 0 {
-            task_file(task, Split::Train, data_dir)?;
+            task_file(task, Split::Train, data_dir, &hub)?;
         }
     }
     Ok(())
@@ -193,6 +199,7 @@ fn args_json(args: &EvalArgs) -> serde_json::Value {
         "batch_size": args.batch_size,
         "num_fewshot": args.num_fewshot,
         "data_dir": args.data_dir,
+        "config": args.config,
     })
 }
 

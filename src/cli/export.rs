@@ -36,6 +36,9 @@ pub struct ExportArgs {
     /// Replace an existing --gguf file (only after the new one is complete).
     #[arg(long)]
     pub force: bool,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

@@ -10,7 +10,6 @@ use serde::Serialize;
 
 use super::common::{unsigned, Log, ModelArgs};
 use crate::data::alpaca::{self, ExampleSpec, PromptTemplate};
-use crate::io::load::load_resolved;
 use crate::io::out_path::{check_output_file, resolved};
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::recovery::plan::{recover, ExampleSets, RecoveryPlan};
@@ -146,8 +145,8 @@ pub struct FinetuneArgs {
     pub log_file: Option<PathBuf>,
     #[arg(long)]
     pub verbose: bool,
-    /// A TOML file whose keys are this subcommand's long flags (flags typed win).
-    #[arg(long)]
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
 }
 
@@ -178,7 +177,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         plan.data_path.display()
     ));
 
-    let loaded = load_resolved(files, &args.model)?;
+    let loaded = args.model.load(files)?;
     let mut model = loaded.model;
     let sets = plan.examples(&loaded.tokenizer, model.config.max_position_embeddings)?;
     let target = args.recovery.target(|| {
@@ -256,7 +255,7 @@ pub fn train_with_progress(
     plan: &RecoveryPlan,
     log: &mut Log,
 ) -> Result<TrainReport> {
-    let bar = runtime::progress_bar(0, "recovery", "steps");
+    let bar = crate::progress::bar(0, "recovery", "steps");
     let (mut tokens, mut seconds) = (0usize, 0f64);
     let mut on_step = |done: usize, total: usize, step: &StepLog| {
         tokens += step.tokens;

@@ -8,16 +8,18 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{input_cache_budget, CalibrationArgs, Log, ModelArgs, ProjectionArgs};
+use super::common::{CalibrationArgs, Log, ModelArgs, ProjectionArgs};
 use super::layers::check_num_prune_layers;
 use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
-use crate::data::tasks::{task_file, Split, Task};
+use crate::data::tasks::{task_file, Task};
+use crate::data::Split;
 use crate::eval::perplexity::{PerplexitySpec, TokenStream};
 use crate::eval::tasks::TaskOptions;
 use crate::grasp::compress::Method;
 use crate::grasp::selection::RankRule;
-use crate::io::load::{load_resolved, resolve};
+use crate::io::hub::Hub;
+use crate::io::load::resolve;
 use crate::io::save::write_json;
 use crate::io::staging::Staging;
 use crate::pipeline::frontier::{sweep, FrontierPoint, Scoring, SweepPlan};
@@ -76,6 +78,9 @@ pub struct FrontierArgs {
     /// Replace an existing output directory.
     #[arg(long)]
     pub force: bool,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -105,7 +110,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     let corpus = Corpus::parse(&args.ppl).context("--ppl")?;
     let data_dir = args.calibration.data_dir.clone().or_else(default_data_dir);
     for &task in &tasks {
-        task_file(task, Split::Eval, data_dir.as_deref())?;
+        task_file(task, Split::Eval, data_dir.as_deref(), &Hub::from_env())?;
     }
 
     args.calibration.check()?;
@@ -117,7 +122,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     for line in output_dir(&out, args.force, &files)? {
         log.info(line);
     }
-    let loaded = load_resolved(files, &args.model)?;
+    let loaded = args.model.load(files)?;
     let model = loaded.model;
     for &n in &args.num_prune_layers {
         check_num_prune_layers(n, model.num_layers())?;
@@ -140,7 +145,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     let t = Instant::now();
     let scratch = Staging::scratch(&out, "inputs")?;
     let input_cache = InputCache {
-        memory_budget: input_cache_budget(),
+        memory_budget: args.projections.input_cache_bytes(),
         disk_dir: Some(scratch.dir().to_path_buf()),
     };
     let plan = SweepPlan {

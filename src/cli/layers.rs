@@ -7,7 +7,7 @@ use clap::Args;
 
 use super::common::{CalibrationArgs, ModelArgs};
 use crate::grasp::influence::BlockInfluence;
-use crate::io::load::{load_resolved, resolve};
+use crate::io::load::resolve;
 use crate::io::out_path::check_output_file;
 use crate::io::save::write_json;
 use crate::pipeline::layers::{score_layers, LayerChoice, LayersReport, ScoreOptions};
@@ -27,6 +27,9 @@ pub struct LayersArgs {
     /// Also write the scores as JSON ({"bi": [...], "chosen_layers": [...], ...}).
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
 }
 
 pub fn run(args: LayersArgs) -> Result<()> {
@@ -35,7 +38,7 @@ pub fn run(args: LayersArgs) -> Result<()> {
     if let Some(path) = &args.json {
         check_output_file("--json", path, &files.paths())?;
     }
-    let loaded = load_resolved(files, &args.model)?;
+    let loaded = args.model.load(files)?;
     let n_layers = loaded.model.num_layers();
     check_num_prune_layers(args.num_prune_layers, n_layers)?;
     let calib = args.calibration.load(
@@ -52,7 +55,8 @@ pub fn run(args: LayersArgs) -> Result<()> {
     print_table(&bi, &chosen);
     println!("redundant layers: {chosen:?}");
     if let Some(path) = &args.json {
-        let report = LayersReport::new(loaded.files.dir.clone(), &bi, &calib, &chosen);
+        let mut report = LayersReport::new(loaded.files.dir.clone(), &bi, &calib, &chosen);
+        report.config = args.config.clone();
         write_json(path, &report.to_json()?)?;
     }
     Ok(())

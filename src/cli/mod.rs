@@ -11,6 +11,7 @@ mod frontier;
 mod layers;
 mod preflight;
 mod summary;
+mod value_enums;
 
 use clap::{CommandFactory, Parser, Subcommand};
 

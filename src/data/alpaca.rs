@@ -17,6 +17,8 @@ use rand::SeedableRng;
 use serde::Deserialize;
 use tokenizers::Tokenizer;
 
+use crate::io::hub::Hub;
+
 /// The hub dataset `--data-path` names by default, and its file.
 pub const DEFAULT_DATASET: &str = "yahma/alpaca-cleaned";
 const HUB_FILE: &str = "alpaca_data_cleaned.json";
@@ -76,7 +78,8 @@ pub fn resolve_data_path(data_path: &str, data_dir: Option<&Path>) -> Result<Pat
         if path.extension().is_some() || path.is_dir() {
             bail!("--data-path {data_path}: no such file (a .json or .jsonl file of records)");
         }
-        return crate::data::corpus::fetch_dataset_file(data_path, None, HUB_FILE)
+        return Hub::from_env()
+            .dataset_file(data_path, None, HUB_FILE)
             .with_context(|| format!("--data-path {data_path}: the hub file {HUB_FILE}"));
     }
     let dir = data_dir
@@ -85,14 +88,16 @@ pub fn resolve_data_path(data_path: &str, data_dir: Option<&Path>) -> Result<Pat
     if let Some(local) = dir.as_deref().and_then(local_copy) {
         return Ok(local);
     }
-    crate::data::corpus::fetch_dataset_file(DEFAULT_DATASET, None, HUB_FILE).with_context(|| {
-        format!(
-            "{DEFAULT_DATASET} not found: no .json/.jsonl file under {} (pass --data-dir, or \
+    Hub::from_env()
+        .dataset_file(DEFAULT_DATASET, None, HUB_FILE)
+        .with_context(|| {
+            format!(
+                "{DEFAULT_DATASET} not found: no .json/.jsonl file under {} (pass --data-dir, or \
              --data-path FILE); the hub copy could not be used either",
-            dir.map(|d| d.join(LOCAL_DIR).display().to_string())
-                .unwrap_or_else(|| format!("<data dir>/{LOCAL_DIR}"))
-        )
-    })
+                dir.map(|d| d.join(LOCAL_DIR).display().to_string())
+                    .unwrap_or_else(|| format!("<data dir>/{LOCAL_DIR}"))
+            )
+        })
 }
 
 /// The JSONL (else JSON) file of `data_dir/alpaca_cleaned`, first by name.

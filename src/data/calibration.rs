@@ -15,10 +15,12 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tokenizers::{Encoding, Tokenizer};
 
-use crate::data::corpus::{load_rows, Corpus, Split};
+use crate::data::corpus::{load_rows, Corpus};
+use crate::data::Split;
+use crate::io::hub::Hub;
 
 /// How calibration windows are picked among all the windows of the text.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Sampling {
     /// Distinct windows drawn at random with the seed.
@@ -54,7 +56,12 @@ pub struct Calibration {
 
 /// Loads the corpus's calibration split and cuts it into windows.
 pub fn load_calibration(spec: &CalibrationSpec, tokenizer: &Tokenizer) -> Result<Calibration> {
-    let rows = load_rows(&spec.corpus, Split::Calibration, spec.data_dir.as_deref())?;
+    let rows = load_rows(
+        &spec.corpus,
+        Split::Train,
+        spec.data_dir.as_deref(),
+        &Hub::from_env(),
+    )?;
     let calibration = windows_from_rows(&rows.rows, tokenizer, spec)?;
     Ok(Calibration {
         source: rows.source,

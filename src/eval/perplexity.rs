@@ -8,13 +8,15 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use crate::data::calibration::encode_stream;
-use crate::data::corpus::{load_rows, Corpus, Split};
+use crate::data::corpus::{load_rows, Corpus};
+use crate::data::Split;
 use crate::eval::{CausalLm, PackedRow};
+use crate::io::hub::Hub;
+use crate::progress;
 
 /// How a corpus is scored.
 #[derive(Clone, Debug)]
@@ -53,7 +55,7 @@ pub struct TokenStream {
 
 impl TokenStream {
     pub fn load(tokenizer: &Tokenizer, corpus: &Corpus, data_dir: Option<&Path>) -> Result<Self> {
-        let rows = load_rows(corpus, Split::Test, data_dir)?;
+        let rows = load_rows(corpus, Split::Eval, data_dir, &Hub::from_env())?;
         let encoding = encode_stream(tokenizer, &rows.rows.join("\n\n"), true)?;
         Ok(Self {
             dataset: corpus.name(),
@@ -123,7 +125,7 @@ pub fn perplexity_of_stream(
             ids.len()
         );
     }
-    let progress = progress_bar(windows)?;
+    let progress = progress::bar(windows as u64, "perplexity", "windows");
     let mut total_nll = 0.0;
     for batch in ids[..windows * seq_len].chunks(spec.batch_size * seq_len) {
         let windows: Vec<&[u32]> = batch.chunks(seq_len).collect();
@@ -147,11 +149,4 @@ pub fn perplexity_of_stream(
 
 fn window_len(model: &dyn CausalLm, spec: &PerplexitySpec) -> usize {
     spec.seq_len.min(model.max_positions())
-}
-
-fn progress_bar(windows: usize) -> Result<ProgressBar> {
-    let style = ProgressStyle::with_template(
-        "perplexity {bar:40} {pos}/{len} windows [{elapsed_precise}<{eta_precise}]",
-    )?;
-    Ok(ProgressBar::new(windows as u64).with_style(style))
 }

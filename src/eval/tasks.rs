@@ -10,10 +10,12 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use tokenizers::Tokenizer;
 
-use crate::data::tasks::{fewshot_prefixes, load_docs, Doc, Split, Task};
+use crate::data::tasks::{fewshot_prefixes, load_docs, Doc, Task};
+use crate::data::Split;
 use crate::eval::harness::{encode_pair, loglikelihoods, Request};
 use crate::eval::CausalLm;
-use crate::runtime;
+use crate::io::hub::Hub;
+use crate::progress;
 
 /// How to run each task.
 #[derive(Clone, Debug)]
@@ -27,7 +29,7 @@ pub struct TaskOptions {
 
 /// One aggregated metric of a task.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct Metric {
+pub struct TaskMetric {
     pub name: String,
     pub value: f64,
     /// NaN (JSON null) when fewer than two docs were scored.
@@ -38,14 +40,14 @@ pub struct Metric {
 pub struct TaskResult {
     pub task: String,
     pub num_fewshot: usize,
-    pub metrics: Vec<Metric>,
+    pub metrics: Vec<TaskMetric>,
     /// Docs scored.
     pub n: usize,
     pub seconds: f64,
 }
 
 impl TaskResult {
-    pub fn metric(&self, name: &str) -> Option<&Metric> {
+    pub fn metric(&self, name: &str) -> Option<&TaskMetric> {
         self.metrics.iter().find(|m| m.name == name)
     }
 }
@@ -60,19 +62,20 @@ pub fn run_task(
     options: &TaskOptions,
 ) -> Result<TaskResult> {
     let start = Instant::now();
-    let mut docs = load_docs(task, Split::Eval, data_dir)?;
+    let hub = Hub::from_env();
+    let mut docs = load_docs(task, Split::Eval, data_dir, &hub)?;
     if let Some(limit) = options.limit {
         docs.truncate(limit);
     }
     let prefixes = if options.num_fewshot > 0 {
-        let pool = load_docs(task, Split::Train, data_dir)?;
+        let pool = load_docs(task, Split::Train, data_dir, &hub)?;
         fewshot_prefixes(&pool, options.num_fewshot, docs.len())
             .with_context(|| format!("{task}: cannot draw few-shot examples"))?
     } else {
         vec![String::new(); docs.len()]
     };
     let requests = encode_docs(tokenizer, &docs, &prefixes).with_context(|| task.to_string())?;
-    let progress = runtime::progress_bar(requests.len() as u64, task.name(), "requests");
+    let progress = progress::bar(requests.len() as u64, task.name(), "requests");
     let scores = loglikelihoods(model, &requests, options.batch_size, &progress)
         .with_context(|| format!("{task}: scoring failed"))?;
     progress.finish();
@@ -146,14 +149,14 @@ fn judge_all(docs: &[Doc], scores: &[f64]) -> Vec<Judgement> {
         .collect()
 }
 
-fn aggregate(task: Task, judgements: &[Judgement]) -> Vec<Metric> {
+fn aggregate(task: Task, judgements: &[Judgement]) -> Vec<TaskMetric> {
     let metric = |name: &str, correct: fn(&Judgement) -> bool| {
         let values: Vec<f64> = judgements
             .iter()
             .map(|j| f64::from(u8::from(correct(j))))
             .collect();
         let (value, stderr) = mean_and_stderr(&values);
-        Metric {
+        TaskMetric {
             name: name.to_string(),
             value,
             stderr,

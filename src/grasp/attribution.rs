@@ -341,9 +341,8 @@ pub fn for_each_batch<T: Send>(
     }
 }
 
-/// How many gradient passes from `layer` run at once: on the CPU, one per thread of rayon's
-/// pool, as long as there are batches for them and their graphs fit in half the memory the
-/// system has available (one pass when that is unknown); elsewhere one.
+/// How many gradient passes from `layer` run at once: on the CPU, [`passes_that_fit`] the
+/// threads of rayon's pool and the memory the system has available; elsewhere one.
 pub fn concurrent_passes(model: &Llama, layer: usize, batches: &Batches) -> usize {
     if !model.device().is_cpu() {
         return 1;
@@ -351,11 +350,22 @@ pub fn concurrent_passes(model: &Llama, layer: usize, batches: &Batches) -> usiz
     let Some(first) = batches.ids.first() else {
         return 1;
     };
-    let pass_bytes = model.gradient_pass_bytes(layer, first.elem_count()).max(1);
-    let fit =
-        runtime::available_memory_bytes().map_or(1, |free| (free / 2 / pass_bytes as u64) as usize);
-    runtime::num_threads()
-        .min(batches.ids.len())
-        .min(fit)
-        .max(1)
+    passes_that_fit(
+        runtime::num_threads(),
+        batches.ids.len(),
+        model.gradient_pass_bytes(layer, first.elem_count()),
+        runtime::available_memory_bytes(),
+    )
+}
+
+/// One pass per thread, as long as there are batches for them and their graphs of
+/// `pass_bytes` each fit in half of the `available` memory (one pass when that is unknown).
+pub fn passes_that_fit(
+    threads: usize,
+    batches: usize,
+    pass_bytes: usize,
+    available: Option<u64>,
+) -> usize {
+    let fit = available.map_or(1, |free| (free / 2 / pass_bytes.max(1) as u64) as usize);
+    threads.min(batches).min(fit).max(1)
 }

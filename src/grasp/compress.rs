@@ -14,10 +14,9 @@ use super::svd::{thin_svd, SvdDtype};
 use crate::model::linear::Linear;
 use crate::model::llama::{Block, Projection};
 use crate::model::Llama;
-use crate::runtime;
 
 /// What to do with the redundant layers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
     /// Keep the singular values with the largest gradient attribution (the paper).
@@ -139,7 +138,7 @@ fn compress_block(
 
     let t = Instant::now();
     let (grads, calib_loss_mean) = if opts.method.uses_gradients() {
-        let bar = runtime::progress_bar(
+        let bar = crate::progress::bar(
             batches.windows() as u64,
             &format!("layer {layer} {block_name}"),
             "windows",

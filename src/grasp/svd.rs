@@ -5,9 +5,7 @@ use candle_core::{DType, Device, Tensor};
 use faer::Mat;
 
 /// Precision the decomposition is computed in, whatever the model dtype.
-#[derive(
-    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
-)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SvdDtype {
     F32,

@@ -6,9 +6,9 @@ use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device};
 use tokenizers::Tokenizer;
 
+use super::hub::{Hub, HubError};
 use super::validate::{build_model, check_vocab};
 use super::weights::{checkpoint_dtype, read_weights};
-use crate::cli::common::ModelArgs;
 use crate::model::{Llama, LlamaConfig};
 use crate::runtime;
 
@@ -59,7 +59,8 @@ const EXTRA_FILES: &[&str] = &[
     "merges.txt",
 ];
 
-/// Resolves `--model`: a local directory if one exists at that path, otherwise a hub id.
+/// Resolves `--model`: a local directory if one exists at that path, otherwise a hub id
+/// (through the hub [`Hub::from_env`] describes).
 pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles> {
     let path = Path::new(model);
     if path.is_dir() {
@@ -71,7 +72,7 @@ pub fn resolve(model: &str, revision: &str) -> Result<ModelFiles> {
     if looks_local(model) {
         bail!("--model {model}: no such directory");
     }
-    resolve_hub(model, revision)
+    resolve_hub(&Hub::from_env(), model, revision)
 }
 
 /// Whether `--model` can only mean a path: it starts with `.` or `/`, has more than one
@@ -158,37 +159,16 @@ fn shard_names(index: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
-fn resolve_hub(repo_id: &str, revision: &str) -> Result<ModelFiles> {
-    let offline = std::env::var("HF_HUB_OFFLINE").is_ok_and(|v| v == "1" || v == "true");
-    let cache = hf_hub::Cache::from_env();
-    let repo = hf_hub::Repo::with_revision(
-        repo_id.to_string(),
-        hf_hub::RepoType::Model,
-        revision.to_string(),
-    );
+fn resolve_hub(hub: &Hub, repo_id: &str, revision: &str) -> Result<ModelFiles> {
     let get = |file: &str| -> Result<PathBuf> {
-        if let Some(p) = cache.repo(repo.clone()).get(file) {
-            return Ok(p);
-        }
-        if offline {
-            bail!(
-                "--model {repo_id}: {file} is not in the hub cache ({}) and HF_HUB_OFFLINE is set",
-                cache.path().display()
-            );
-        }
-        let api = hf_hub::api::sync::ApiBuilder::from_cache(cache.clone())
-            .with_progress(true)
-            .build()
-            .context("cannot start the Hugging Face hub client")?;
-        api.repo(repo.clone()).get(file).map_err(|e| {
-            // The hub client's error repeats its cause down the chain; the root says it once.
-            let root = anyhow::Error::from(e);
-            anyhow::anyhow!(
-                "--model {repo_id}: no local directory of that name, and {file} cannot be \
-                 downloaded from the hub: {} (give a local path, or set HF_HUB_OFFLINE=1 to \
-                 use the hub cache only)",
-                root.root_cause()
-            )
+        hub.model_file(repo_id, revision, file).map_err(|err| {
+            match err.downcast_ref::<HubError>() {
+                Some(HubError::Download { .. }) => anyhow::anyhow!(
+                    "--model {repo_id}: no local directory of that name, and {err} (give a \
+                     local path, or set HF_HUB_OFFLINE=1 to use the hub cache only)"
+                ),
+                _ => err.context(format!("--model {repo_id}")),
+            }
         })
     };
     let config = get("config.json")?;
@@ -222,22 +202,6 @@ fn resolve_hub(repo_id: &str, revision: &str) -> Result<ModelFiles> {
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path)
         .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
-}
-
-/// Loads the already-resolved `files` of `--model` on `--device` in `--dtype`.
-pub fn load_resolved(files: ModelFiles, args: &ModelArgs) -> Result<Loaded> {
-    let (device, dtype) = device_and_dtype(args)?;
-    load_files(files, &device, dtype)
-}
-
-fn device_and_dtype(args: &ModelArgs) -> Result<(Device, Option<DType>)> {
-    let device = runtime::parse_device(&args.device)?;
-    let dtype = args
-        .dtype
-        .as_deref()
-        .map(runtime::parse_dtype)
-        .transpose()?;
-    Ok((device, dtype))
 }
 
 /// Loads already-resolved files; `dtype` None picks [`runtime::default_compute_dtype`].

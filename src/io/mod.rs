@@ -6,6 +6,7 @@ pub mod gguf_meta;
 pub mod gguf_pretok;
 pub mod gguf_tokenizer;
 pub mod gguf_vocab_out;
+pub mod hub;
 pub mod interrupt;
 pub mod load;
 pub mod out_path;

@@ -195,7 +195,7 @@ pub fn compress_layers(
         out.modules.extend(modules);
         out.blocks.extend(blocks);
         if opts.method == Method::Hybrid {
-            let bar = runtime::progress_bar(
+            let bar = crate::progress::bar(
                 batches.windows() as u64,
                 &format!("layer {layer} guard"),
                 "windows",

@@ -10,7 +10,6 @@ use crate::data::calibration::Calibration;
 use crate::grasp::attribution::InputCollector;
 use crate::grasp::influence::{block_influence, BlockInfluence};
 use crate::model::Llama;
-use crate::runtime;
 
 /// How Block Influence is scored.
 #[derive(Clone, Copy, Debug)]
@@ -37,7 +36,7 @@ pub fn score_layers(
     inputs: Option<&mut InputCollector>,
 ) -> Result<BlockInfluence> {
     let span = if opts.angular { opts.span } else { 1 };
-    let bar = runtime::progress_bar(calib.windows.len() as u64, "block influence", "windows");
+    let bar = crate::progress::bar(calib.windows.len() as u64, "block influence", "windows");
     let batch = opts.batch_size * BI_MIN_WINDOWS.div_ceil(opts.batch_size.max(1));
     let bi = block_influence(model, calib, batch, opts.angular, span, &bar, inputs)?;
     bar.finish_and_clear();
@@ -87,6 +86,8 @@ pub struct LayersReport {
     pub seq_len: usize,
     pub calibration_source: String,
     pub chosen_layers: Vec<usize>,
+    /// The `--config` file the flags came from, if any.
+    pub config: Option<PathBuf>,
 }
 
 impl LayersReport {
@@ -100,6 +101,7 @@ impl LayersReport {
             seq_len: calib.seq_len,
             calibration_source: calib.source.clone(),
             chosen_layers: chosen.to_vec(),
+            config: None,
         }
     }
 

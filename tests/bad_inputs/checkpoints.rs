@@ -7,7 +7,7 @@ use std::fs;
 use candle_core::{DType, Device, Tensor};
 use serde_json::{json, Value};
 
-use crate::harness::*;
+use super::harness::*;
 
 type Tensors = HashMap<String, Tensor>;
 

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::harness::*;
+use super::harness::*;
 
 /// A calibration long enough (a few seconds on stories260K) for a signal to land in each phase.
 const LONG_CALIBRATION: [&str; 8] = [

@@ -3,7 +3,7 @@
 
 use std::fs;
 
-use crate::harness::*;
+use super::harness::*;
 
 #[test]
 fn compress_flags_out_of_range_are_named() {
@@ -339,6 +339,78 @@ fn config_files_are_named_in_their_errors() {
             &["--config", "preset.toml"],
             "--ratio",
         ),
+        case(
+            "eval-config-missing",
+            |s| eval_cmd(s, &["--config", "absent.toml"]),
+            "absent.toml",
+        ),
+        case(
+            "eval-config-unknown-key",
+            |s| {
+                with_config("ppl = \"wikitext2\"\nratio = 0.5\n")(s);
+                eval_cmd(s, &["--config", "preset.toml"])
+            },
+            "preset.toml",
+        ),
+        case(
+            "layers-config-unknown-key",
+            |s| {
+                with_config("num_prune_layers = 1\nmerge = true\n")(s);
+                s.calibrated("layers", &["--config", "preset.toml"])
+            },
+            "preset.toml",
+        ),
+        case(
+            "convert-config-missing",
+            |_| {
+                let mut cmd = grasp();
+                cmd.args(["convert", "--config", "absent.toml"]);
+                cmd
+            },
+            "absent.toml",
+        ),
+        case(
+            "export-config-value-invalid",
+            |s| {
+                with_config("type = \"q2\"\n")(s);
+                let mut cmd = grasp();
+                cmd.args(["export", "--config", "preset.toml", "--model"])
+                    .arg(&s.model)
+                    .args(["--gguf", "out.gguf"]);
+                cmd
+            },
+            "q2",
+        ),
+    ];
+    assert_all_refused(cases.into_iter().flatten().collect());
+}
+
+/// `--input-cache-mb` and its environment variable take a count of MiB; anything else is an
+/// error naming the flag, not a silent fallback to the default.
+#[test]
+fn input_cache_sizes_that_are_not_counts_are_refused() {
+    let with_env = |value: &'static str| {
+        move |s: &Sandbox| {
+            let mut cmd = s.compress(&s.join("out"), &["--num-prune-layers", "1"]);
+            cmd.env("GRASP_INPUT_CACHE_MB", value);
+            cmd
+        }
+    };
+    let cases = [
+        compress_case(
+            "input-cache-negative",
+            nothing,
+            &["--input-cache-mb", "-1"],
+            "--input-cache-mb",
+        ),
+        compress_case(
+            "input-cache-not-a-number",
+            nothing,
+            &["--input-cache-mb", "lots"],
+            "--input-cache-mb",
+        ),
+        case("input-cache-env-typo", with_env("256M"), "--input-cache-mb"),
+        case("input-cache-env-empty", with_env(""), "--input-cache-mb"),
     ];
     assert_all_refused(cases.into_iter().flatten().collect());
 }

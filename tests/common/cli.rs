@@ -112,6 +112,30 @@ pub fn perplexity(stories: &Stories, model: &Path, json: &Path) -> f64 {
     ppl
 }
 
+/// `grasp SUBCOMMAND` of stories260K with its flags from `config`, writing `--json json`, plus
+/// `extra`.
+pub fn run_with_config(
+    subcommand: &str,
+    stories: &Stories,
+    config: &Path,
+    json: &Path,
+    extra: &[&str],
+) -> Output {
+    grasp()
+        .arg(subcommand)
+        .arg("--model")
+        .arg(&stories.model)
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(&stories.data)
+        .arg("--json")
+        .arg(json)
+        .args(extra)
+        .output()
+        .expect("cannot run grasp")
+}
+
 pub fn read_json(path: &Path) -> Value {
     let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))

@@ -1,26 +1,32 @@
 //! Helpers shared by the integration tests: where the shared data and models are, loading the
-//! golden reference files, scratch directories and a mock language model. Tests that need the
-//! shared data skip with a message when it is absent.
+//! golden reference files, scratch directories, seeded random tensors and a mock language model.
+//! Tests that need the shared data or SmolLM2 skip with a message when it is absent, unless
+//! GRASP_REQUIRE_SHARED=1 (scripts/test.sh sets it), which makes the absence a failure.
 #![allow(dead_code)]
 
 pub mod cli;
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
 
 use anyhow::ensure;
 use candle_core::{DType, Device, Tensor};
 use grasp::eval::{CausalLm, PackedRow};
+use grasp::io::hub::Hub;
 use grasp::io::load::{load_files, resolve, Loaded};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
 
-/// `../shared` beside the checkout.
+/// `../shared` beside the checkout, or GRASP_SHARED_DIR.
 pub fn shared_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let dir = std::env::var_os("GRASP_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
     if dir.is_dir() {
         Some(dir)
     } else {
-        eprintln!("skipping: {} is absent", dir.display());
-        None
+        absent(&format!("{} is absent", dir.display()))
     }
 }
 
@@ -32,12 +38,27 @@ pub fn smollm2_dir() -> Option<PathBuf> {
     if dir.join("config.json").is_file() {
         Some(dir)
     } else {
-        eprintln!(
-            "skipping: {} has no config.json (run scripts/fetch_test_model.sh)",
+        absent(&format!(
+            "{} has no config.json (run scripts/fetch_test_model.sh)",
             dir.display()
-        );
-        None
+        ))
     }
+}
+
+/// None after a "skipping" message, for a test whose data is `missing`; a failure instead
+/// when GRASP_REQUIRE_SHARED=1, so that a run meant to test everything cannot pass by skipping.
+fn absent<T>(missing: &str) -> Option<T> {
+    if std::env::var_os("GRASP_REQUIRE_SHARED").is_some_and(|v| v == "1") {
+        panic!("{missing}, and GRASP_REQUIRE_SHARED=1 forbids skipping");
+    }
+    eprintln!("skipping: {missing}");
+    None
+}
+
+/// A hub that only has an empty cache: a test reads its data locally or gets the offline error,
+/// and never uses the network.
+pub fn offline_hub() -> Hub {
+    Hub::offline(PathBuf::from("/nonexistent/grasp-test-hub-cache"))
 }
 
 pub fn stories_dir() -> Option<PathBuf> {
@@ -105,6 +126,28 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
         .unwrap()
         .to_scalar()
         .unwrap()
+}
+
+/// Standard normal tensors from a seeded generator, so that a test sees the same inputs on
+/// every run and a failure can be reproduced.
+pub struct Gaussian(RefCell<StdRng>);
+
+impl Gaussian {
+    pub fn seeded(seed: u64) -> Self {
+        Self(RefCell::new(StdRng::seed_from_u64(seed)))
+    }
+
+    /// A tensor of `shape` with elements drawn from N(0, 1) in f64, converted to `dtype`.
+    pub fn randn(&self, shape: &[usize], dtype: DType) -> Tensor {
+        let mut rng = self.0.borrow_mut();
+        let values: Vec<f64> = (0..shape.iter().product())
+            .map(|_| StandardNormal.sample(&mut *rng))
+            .collect();
+        Tensor::from_vec(values, shape, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap()
+    }
 }
 
 /// A fresh empty directory under the system temp dir, removed with everything in it on drop.
