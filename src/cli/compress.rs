@@ -8,7 +8,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{CalibrationArgs, ModelArgs, ProjectionArgs};
-use super::finetune::train_with_progress;
+use super::finetune::CompressRecovery;
 use super::layers::{layer_choice, print_table};
 use super::summary::{log_blocks, print_summary};
 use crate::grasp::compress::Method;
@@ -17,7 +17,6 @@ use crate::io::save::{save_model, write_json, OutputForm};
 use crate::io::staging::Staging;
 use crate::pipeline::compress::{compress, CompressPlan};
 use crate::pipeline::inputs::InputCache;
-use crate::pipeline::recovery::recovery_layers;
 use crate::runtime;
 
 #[derive(Args, Debug, Serialize)]
@@ -57,14 +56,9 @@ pub struct CompressArgs {
     /// Write dense weights (a standard Llama checkpoint) instead of two thin matrices each.
     #[arg(long)]
     pub merge: bool,
-    /// Recovery training (GRASP*) right after compression: the compressed layers (after
-    /// --method remove, the layer below each removed run) train on --data-path; see
-    /// `grasp finetune --help` for the training flags.
-    #[arg(long)]
-    pub recovery: bool,
     #[command(flatten)]
     #[serde(flatten)]
-    pub training: super::finetune::RecoveryArgs,
+    pub recovery: CompressRecovery,
     /// Output directory (default: out/<model>-<method>-…).
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -92,22 +86,13 @@ pub fn run(args: CompressArgs) -> Result<()> {
     }
     .validate()?;
     let options = args.projections.options(args.method, rule)?;
-    let (data_dir, seed) = (args.calibration.data_dir.as_deref(), args.calibration.seed);
-    let recovery = args
-        .recovery
-        .then(|| args.training.plan(data_dir, seed))
-        .transpose()?;
+    let recovery = args.recovery.plan(&args.calibration)?;
 
     let loaded = args.model.load(checked.files)?;
     let mut model = loaded.model;
     let n_layers = model.num_layers();
     let recovery = recovery
-        .map(|plan| {
-            anyhow::Ok((
-                plan.examples(&loaded.tokenizer, model.config.max_position_embeddings)?,
-                plan,
-            ))
-        })
+        .map(|p| p.ready(&loaded.tokenizer, &model))
         .transpose()?;
     let layers = layer_choice(args.num_prune_layers, args.layers.as_deref(), n_layers)?;
     let output_dtype = match &args.model.dtype {
@@ -178,15 +163,9 @@ pub fn run(args: CompressArgs) -> Result<()> {
     report.timings_s.load_s = load_s;
     report.timings_s.calibration_s = calibration_s;
     log_blocks(&mut log, &report);
-    if let Some((sets, recovery)) = &recovery {
-        let t = Instant::now();
-        let target = args
-            .training
-            .target(|| Ok(recovery_layers(&model, args.method, &report.chosen_layers)))?;
-        log.info(format!("recovery: training {target:?}"));
-        let trained = train_with_progress(&mut model, &target, sets, recovery, &mut log)?;
-        report.recovered(&model, trained, t.elapsed().as_secs_f64());
-    }
+    let recovery = recovery.as_ref();
+    args.recovery
+        .run(recovery, args.method, &mut model, &mut report, &mut log)?;
 
     let t = Instant::now();
     let spinner = crate::progress::spinner(format!("writing {}", out.display()));

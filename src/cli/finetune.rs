@@ -8,11 +8,13 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{unsigned, Log, ModelArgs};
+use super::common::{unsigned, CalibrationArgs, Log, ModelArgs};
 use crate::data::alpaca::{self, ExampleSpec, PromptTemplate};
 use crate::io::out_path::{check_output_file, resolved};
 use crate::io::save::{save_model, write_json, OutputForm};
-use crate::recovery::plan::{recover, ExampleSets, RecoveryPlan};
+use crate::pipeline::recovery::recovery_layers;
+use crate::pipeline::report::CompressReport;
+use crate::recovery::plan::{recover, ExampleSets, ReadyRecovery, RecoveryPlan};
 use crate::recovery::train::{StepLog, TrainReport, TrainSpec};
 use crate::recovery::trainable::{compressed_layers, Target};
 use crate::runtime;
@@ -245,6 +247,53 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
     print_summary(&report);
     log.info(format!("wrote {}", args.out.display()));
     Ok(())
+}
+
+/// `compress --recovery` and its training flags.
+#[derive(Args, Clone, Debug, Serialize)]
+pub struct CompressRecovery {
+    /// Recovery training (GRASP*) right after compression: the compressed layers (after
+    /// --method remove, the layer below each removed run) train on --data-path; see
+    /// `grasp finetune --help` for the training flags.
+    #[arg(long)]
+    pub recovery: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub training: RecoveryArgs,
+}
+
+impl CompressRecovery {
+    /// With --recovery, the plan, its data read now (before the model loads).
+    pub fn plan(&self, calibration: &CalibrationArgs) -> Result<Option<RecoveryPlan>> {
+        let data_dir = calibration.data_dir.as_deref();
+        self.recovery
+            .then(|| self.training.plan(data_dir, calibration.seed))
+            .transpose()
+    }
+
+    /// Trains what [`recovery_layers`] names after a compression by `method` (or LoRA
+    /// adapters) and records it in the report; nothing without a plan.
+    pub fn run(
+        &self,
+        recovery: Option<&ReadyRecovery>,
+        method: crate::grasp::compress::Method,
+        model: &mut crate::model::Llama,
+        report: &mut CompressReport,
+        log: &mut Log,
+    ) -> Result<()> {
+        let Some(recovery) = recovery else {
+            return Ok(());
+        };
+        let t = Instant::now();
+        let chosen = &report.chosen_layers;
+        let target = self
+            .training
+            .target(|| Ok(recovery_layers(model, method, chosen)))?;
+        log.info(format!("recovery: training {target:?}"));
+        let trained = train_with_progress(model, &target, &recovery.sets, &recovery.plan, log)?;
+        report.recovered(model, trained, t.elapsed().as_secs_f64());
+        Ok(())
+    }
 }
 
 /// [`recover`] with a progress bar (loss and tokens/s) and a log line every tenth of the run.

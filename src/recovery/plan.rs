@@ -74,6 +74,20 @@ impl RecoveryPlan {
     }
 }
 
+/// A plan with its examples tokenized.
+pub struct ReadyRecovery {
+    pub plan: RecoveryPlan,
+    pub sets: ExampleSets,
+}
+
+impl RecoveryPlan {
+    /// [`RecoveryPlan::examples`] for `model`, kept with the plan.
+    pub fn ready(self, tokenizer: &Tokenizer, model: &Llama) -> Result<ReadyRecovery> {
+        let sets = self.examples(tokenizer, model.config.max_position_embeddings)?;
+        Ok(ReadyRecovery { plan: self, sets })
+    }
+}
+
 /// Trains `target` of `model` on `sets`; the trained values are left in `model`.
 pub fn recover(
     model: &mut Llama,
