@@ -201,7 +201,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         None => loaded.checkpoint_dtype,
     };
     log.info(format!(
-        "model {} ({} layers, {:.1}M parameters) on {} in {}; training {target:?}",
+        "model {} ({} layers, {:.1}M parameters) on {} in {}; training {target}",
         loaded.files.dir.display(),
         model.num_layers(),
         model.num_params() as f64 / 1e6,
@@ -289,7 +289,7 @@ impl CompressRecovery {
         let target = self
             .training
             .target(|| Ok(recovery_layers(model, method, chosen)))?;
-        log.info(format!("recovery: training {target:?}"));
+        log.info(format!("recovery: training {target}"));
         let trained = train_with_progress(model, &target, &recovery.sets, &recovery.plan, log)?;
         report.recovered(model, trained, t.elapsed().as_secs_f64());
         Ok(())
@@ -330,7 +330,7 @@ pub fn train_with_progress(
 fn print_summary(r: &TrainReport) {
     let fmt = |l: Option<f64>| l.map_or("-".into(), |l| format!("{l:.4}"));
     println!(
-        "trained {:?}: {:.2}M parameters in {} tensors, {} examples ({} held out)",
+        "trained {}: {:.2}M parameters in {} tensors, {} examples ({} held out)",
         r.target,
         r.trainable_params as f64 / 1e6,
         r.trainable_tensors.len(),

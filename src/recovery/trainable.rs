@@ -25,6 +25,17 @@ pub enum Target {
     Lora { rank: usize, alpha: f64 },
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Layers(layers) => write!(f, "every tensor of layers {layers:?}"),
+            Target::Lora { rank, alpha } => {
+                write!(f, "rank-{rank} LoRA adapters (alpha {alpha}) on every projection")
+            }
+        }
+    }
+}
+
 /// The trainable tensors, named as in the checkpoint (`….lora_A.weight` for adapters).
 pub struct Trainable {
     pub target: Target,
