@@ -145,6 +145,7 @@ pub struct FinetuneArgs {
     /// Copy the log lines to this file.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
+    /// Log every step (by default, every tenth of the run).
     #[arg(long)]
     pub verbose: bool,
     /// TOML file with the same keys as these flags (flags given on the command line win).
@@ -313,13 +314,14 @@ pub fn train_with_progress(
         bar.set_length(total as u64);
         bar.set_position(done as u64);
         bar.set_message(format!("loss {:.4}, {rate:.0} tokens/s", step.loss));
+        let line = format!(
+            "step {done}/{total}: loss {:.4}, lr {:.2e}, {rate:.0} tokens/s",
+            step.loss, step.learning_rate
+        );
         if done.is_multiple_of((total / 10).max(1)) || done == total {
-            bar.suspend(|| {
-                log.info(format!(
-                    "step {done}/{total}: loss {:.4}, lr {:.2e}, {rate:.0} tokens/s",
-                    step.loss, step.learning_rate
-                ))
-            });
+            bar.suspend(|| log.info(line));
+        } else {
+            bar.suspend(|| log.detail(line));
         }
     };
     let report = recover(model, target, sets, &plan.train, &mut on_step)?;
