@@ -146,3 +146,58 @@ fn frontier_refuses_a_ratio_outside_its_range_before_loading() {
     assert!(err.contains("--ratios") && err.contains("1.5"), "{err}");
     assert!(scratch.entries().is_empty(), "{:?}", scratch.entries());
 }
+
+#[test]
+fn frontier_with_recovery_scores_each_model_again_after_training() {
+    let Some(stories) = stories() else {
+        return;
+    };
+    let scratch = TempDir::new("frontier-recovery");
+    let out = scratch.join("frontier");
+    let output = grasp()
+        .arg("frontier")
+        .arg("--model")
+        .arg(&stories.model)
+        .args(SMALL_CALIBRATION)
+        .arg("--data-dir")
+        .arg(&stories.data)
+        .args([
+            "--num-prune-layers",
+            "1",
+            "--ratios",
+            "0.5",
+            "--methods",
+            "remove,grasp",
+        ])
+        .args(["--ppl-windows", "2", "--ppl-seq-len", "64", "--tasks", ""])
+        .args(["--recovery", "--max-steps", "2", "--warmup-steps", "0"])
+        .args(["--learning-rate", "1e-2", "--train-batch-size", "4"])
+        .args(["--val-set-size", "4", "--max-length", "160"])
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .expect("cannot run grasp");
+    assert_success(&output, "grasp frontier --recovery");
+    let report = read_json(&out.join("frontier.json"));
+    let points = points(&report);
+    let methods: Vec<&str> = points
+        .iter()
+        .map(|p| p["method"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        methods,
+        [
+            "dense",
+            "remove",
+            "remove+recovery",
+            "grasp",
+            "grasp+recovery"
+        ]
+    );
+    for (base, tuned) in [(&points[1], &points[2]), (&points[3], &points[4])] {
+        assert_eq!(base["params"], tuned["params"], "{tuned}");
+        assert_eq!(base["recovery_seconds"].as_f64(), Some(0.0));
+        assert!(tuned["recovery_seconds"].as_f64().unwrap() > 0.0, "{tuned}");
+        assert_ne!(base["perplexity"], tuned["perplexity"], "{tuned}");
+    }
+}

@@ -9,6 +9,7 @@ use clap::Args;
 use serde::Serialize;
 
 use super::common::{CalibrationArgs, Log, ModelArgs, ProjectionArgs};
+use super::finetune::CompressRecovery;
 use super::layers::check_num_prune_layers;
 use super::preflight::output_dir;
 use crate::data::corpus::{default_data_dir, Corpus};
@@ -78,6 +79,11 @@ pub struct FrontierArgs {
     /// Replace an existing output directory.
     #[arg(long)]
     pub force: bool,
+    /// With --recovery, every compressed model is also trained (`grasp finetune --help`) and
+    /// scored again, as `<method>+recovery`.
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub recovery: CompressRecovery,
     /// TOML file with the same keys as these flags (flags given on the command line win).
     #[arg(long, value_name = "FILE.toml")]
     pub config: Option<PathBuf>,
@@ -114,6 +120,10 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     }
 
     args.calibration.check()?;
+    if args.recovery.training.lora.is_some() {
+        bail!("--lora: the frontier's recovery trains the compressed layers, not adapters");
+    }
+    let recovery = args.recovery.plan(&args.calibration)?;
     let files = resolve(&args.model.model, &args.model.revision)?;
     let out = args
         .out
@@ -124,6 +134,9 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     }
     let loaded = args.model.load(files)?;
     let model = loaded.model;
+    let recovery = recovery
+        .map(|p| p.ready(&loaded.tokenizer, &model))
+        .transpose()?;
     for &n in &args.num_prune_layers {
         check_num_prune_layers(n, model.num_layers())?;
     }
@@ -194,9 +207,18 @@ pub fn run(args: FrontierArgs) -> Result<()> {
         },
         data_dir: data_dir.as_deref(),
     };
-    let points = sweep(&model, &bi, &batches, &inputs, &plan, &scoring, |p| {
-        log.info(format!(
-            "{:<7} N={:<2} ratio {:<5} {:>8.2}M parameters  perplexity {:>9.3}{}  ({:.0}s + {:.0}s eval){}",
+    let recovery = recovery.as_ref();
+    let points = sweep(
+        &model,
+        &bi,
+        &batches,
+        &inputs,
+        &plan,
+        &scoring,
+        recovery,
+        |p| {
+            log.info(format!(
+            "{:<7} N={:<2} ratio {:<5} {:>8.2}M parameters  perplexity {:>9.3}{}  ({:.0}s + {:.0}s eval){}{}",
             p.method,
             p.layers,
             p.ratio.map_or("-".into(), |r| r.to_string()),
@@ -206,13 +228,19 @@ pub fn run(args: FrontierArgs) -> Result<()> {
                 .map_or(String::new(), |a| format!("  accuracy {a:.4}")),
             p.compress_seconds,
             p.eval_seconds,
-            if p.removed_layers.is_empty() || p.method == "remove" {
+            if p.recovery_seconds > 0.0 {
+                format!("  after {:.0}s of recovery", p.recovery_seconds)
+            } else {
+                String::new()
+            },
+            if p.removed_layers.is_empty() || p.method.starts_with("remove") {
                 String::new()
             } else {
                 format!("  guard removed {:?}", p.removed_layers)
             }
         ))
-    })?;
+        },
+    )?;
     drop(inputs);
     drop(scratch);
 
@@ -269,7 +297,7 @@ fn markdown_table(points: &[FrontierPoint], tasks: usize) -> String {
             (false, true) => "+",
             _ => "",
         };
-        let removed = if p.method == "hybrid" {
+        let removed = if p.method.starts_with("hybrid") {
             format!("{:?}", p.removed_layers)
         } else {
             String::new()

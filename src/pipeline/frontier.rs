@@ -6,6 +6,9 @@
 //! shares its weights; only the projections it compresses are new), is compressed, and is
 //! scored by perplexity on one tokenized stream and, optionally, mean zero-shot accuracy.
 //!
+//! With recovery, each compressed point is followed by the same model after recovery training
+//! (GRASP*; after removal, the layer below each removed run trains), scored the same way.
+//!
 //! A point is on the frontier when no other point has at most as many parameters and a lower
 //! perplexity; `method_frontier` says the same among the points of its own method.
 
@@ -17,6 +20,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::compress::{compress_layers, Collected};
+use super::recovery::recovery_layers;
 use crate::data::tasks::Task;
 use crate::eval::perplexity::{perplexity_of, PerplexitySpec, TokenStream};
 use crate::eval::tasks::{averages, run_task, TaskOptions};
@@ -26,6 +30,8 @@ use crate::grasp::guard::GuardDecision;
 use crate::grasp::influence::BlockInfluence;
 use crate::grasp::selection::RankRule;
 use crate::model::Llama;
+use crate::recovery::plan::{recover, ReadyRecovery};
+use crate::recovery::trainable::Target;
 
 /// The points of a sweep.
 #[derive(Clone, Debug)]
@@ -97,13 +103,17 @@ pub struct FrontierPoint {
     /// Of `compress_seconds`: the gradient passes, and the hybrid guard's forward passes.
     pub gradient_seconds: f64,
     pub guard_seconds: f64,
+    /// Recovery training, for the `+recovery` points (on top of `compress_seconds`).
+    pub recovery_seconds: f64,
     pub eval_seconds: f64,
     pub on_frontier: bool,
     pub method_frontier: bool,
 }
 
 /// Runs the sweep on `dense`, whose layer inputs for [`SweepPlan::layers_used`] are in
-/// `inputs`, calling `done` after each point.
+/// `inputs`, calling `done` after each point; with `recovery`, every compressed point is
+/// also trained and scored again.
+#[allow(clippy::too_many_arguments)]
 pub fn sweep(
     dense: &Llama,
     bi: &BlockInfluence,
@@ -111,6 +121,7 @@ pub fn sweep(
     inputs: &LayerInputs,
     plan: &SweepPlan,
     scoring: &Scoring,
+    recovery: Option<&ReadyRecovery>,
     mut done: impl FnMut(&FrontierPoint),
 ) -> Result<Vec<FrontierPoint>> {
     let mut points = Vec::new();
@@ -151,22 +162,39 @@ pub fn sweep(
             compress: started.elapsed().as_secs_f64(),
             gradient: c.blocks.iter().map(|b| b.gradient_seconds).sum(),
             guard: c.guard.iter().map(|d| d.seconds).sum(),
+            recovery: 0.0,
         };
         let setting = Setting {
             method: method_name(method),
             layers: n,
             ratio,
-            chosen_layers: chosen,
+            chosen_layers: chosen.clone(),
             removed_layers: removed,
             guard: c.guard,
         };
-        record(score(&model, setting, times, scoring)?);
+        record(score(&model, setting.clone(), times, scoring)?);
+        if let Some(recovery) = recovery {
+            let started = Instant::now();
+            let target = Target::Layers(recovery_layers(&model, method, &chosen));
+            let spec = &recovery.plan.train;
+            recover(&mut model, &target, &recovery.sets, spec, &mut |_, _, _| {})?;
+            let times = Times {
+                recovery: started.elapsed().as_secs_f64(),
+                ..times
+            };
+            let setting = Setting {
+                method: recovered_name(method),
+                ..setting
+            };
+            record(score(&model, setting, times, scoring)?);
+        }
     }
     mark_frontiers(&mut points);
     Ok(points)
 }
 
 /// What a point is, before it is scored.
+#[derive(Clone)]
 struct Setting {
     method: &'static str,
     layers: usize,
@@ -176,11 +204,12 @@ struct Setting {
     guard: Vec<GuardDecision>,
 }
 
-#[derive(Default)]
+#[derive(Clone, Copy, Default)]
 struct Times {
     compress: f64,
     gradient: f64,
     guard: f64,
+    recovery: f64,
 }
 
 fn score(
@@ -218,6 +247,7 @@ fn score(
         compress_seconds: times.compress,
         gradient_seconds: times.gradient,
         guard_seconds: times.guard,
+        recovery_seconds: times.recovery,
         eval_seconds: started.elapsed().as_secs_f64(),
         on_frontier: false,
         method_frontier: false,
@@ -230,6 +260,16 @@ pub fn method_name(method: Method) -> &'static str {
         Method::Svd => "svd",
         Method::Remove => "remove",
         Method::Hybrid => "hybrid",
+    }
+}
+
+/// The name of a method's points after recovery training.
+pub fn recovered_name(method: Method) -> &'static str {
+    match method {
+        Method::Grasp => "grasp+recovery",
+        Method::Svd => "svd+recovery",
+        Method::Remove => "remove+recovery",
+        Method::Hybrid => "hybrid+recovery",
     }
 }
 

@@ -6,12 +6,16 @@ use plotters::prelude::*;
 
 use super::frontier::FrontierPoint;
 
-const METHODS: [(&str, RGBColor); 5] = [
+const METHODS: [(&str, RGBColor); 9] = [
     ("dense", RGBColor(0, 0, 0)),
     ("remove", RGBColor(214, 39, 40)),
     ("svd", RGBColor(127, 127, 127)),
     ("grasp", RGBColor(31, 119, 180)),
     ("hybrid", RGBColor(44, 160, 44)),
+    ("remove+recovery", RGBColor(255, 152, 150)),
+    ("svd+recovery", RGBColor(199, 199, 199)),
+    ("grasp+recovery", RGBColor(174, 199, 232)),
+    ("hybrid+recovery", RGBColor(152, 223, 138)),
 ];
 
 /// The SVG text of the plot of `points`, titled `title`.
@@ -75,7 +79,7 @@ fn draw(
             } else {
                 color.stroke_width(1)
             };
-            if method == "hybrid" {
+            if method.starts_with("hybrid") {
                 Cross::new(at, 6, color.stroke_width(2)).into_dyn()
             } else {
                 Circle::new(at, 5, style).into_dyn()

@@ -30,7 +30,10 @@ impl std::fmt::Display for Target {
         match self {
             Target::Layers(layers) => write!(f, "every tensor of layers {layers:?}"),
             Target::Lora { rank, alpha } => {
-                write!(f, "rank-{rank} LoRA adapters (alpha {alpha}) on every projection")
+                write!(
+                    f,
+                    "rank-{rank} LoRA adapters (alpha {alpha}) on every projection"
+                )
             }
         }
     }
