@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Recovery-training speed, grasp against the same training in PyTorch (scripts/finetune_torch.py),
 # one after the other in the same run: tokens/s (padding excluded) and peak RSS on the same
-# compressed checkpoint, trainable layers, examples, batch and sequence length.
+# compressed checkpoint, trainable layers, set of examples (each side shuffles it with its own
+# generator, so the batches and the losses per step differ), batch and sequence length.
 #   scripts/bench_finetune.sh [COMPRESSED_DIR]
 # Without a directory, SmolLM2-135M is compressed first (6 layers, ratio 0.95, 8x256
 # calibration). STEPS (4), BATCH (16), MICRO (4), MAX_LEN (256), THREADS (all cores) from the
@@ -33,13 +34,13 @@ layers=$(python3 -c "
 import json, sys
 ranks = json.load(open(sys.argv[1] + '/config.json'))['grasp']['ranks']
 print(','.join(sorted({k.split('.')[2] for k in ranks}, key=int)))" "$model")
-head -n $((STEPS * BATCH + 1)) "$DATA" >"$work/data.jsonl"
+head -n $((STEPS * BATCH)) "$DATA" >"$work/data.jsonl"
 warmup=$((STEPS / 10))
 
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), load $(cut -d' ' -f1-3 /proc/loadavg); $THREADS threads" >&2
 echo "training layers $layers of $model: $STEPS steps of $BATCH examples ($MICRO per pass), max length $MAX_LEN" >&2
 RAYON_NUM_THREADS=$THREADS "$GRASP" finetune --model "$model" --data-path "$work/data.jsonl" \
-    --val-set-size 1 --max-steps "$STEPS" --train-batch-size "$BATCH" --micro-batch-size "$MICRO" \
+    --val-set-size 0 --max-steps "$STEPS" --train-batch-size "$BATCH" --micro-batch-size "$MICRO" \
     --max-length "$MAX_LEN" --warmup-steps "$warmup" --out "$work/tuned" >/dev/null 2>"$work/grasp.log" \
     || { cat "$work/grasp.log" >&2; exit 1; }
 THREADS=$THREADS "$VENV/bin/python" scripts/finetune_torch.py "$model" "$work/data.jsonl" "$layers" \

@@ -2,7 +2,8 @@
 
 Same model (transformers, trust_remote_code for factorized checkpoints), same trainable set
 (every parameter of the given layers), same Alpaca template and response-only loss, same
-micro-batches, accumulation, AdamW and linear schedule; float32 on the CPU. Prints one JSON
+micro-batches, accumulation, gradient clipping to norm 1, AdamW and linear schedule; float32 on
+the CPU. Prints one JSON
 line: tokens/s over the training steps (padding excluded), peak RSS, the loss per step.
 
 usage: finetune_torch.py MODEL_DIR DATA.jsonl LAYERS(comma) STEPS [BATCH MICRO MAX_LEN]
@@ -87,6 +88,7 @@ for step in range(steps):
         loss.backward()
         total += loss.item()
         tokens += sum(len(i) for i, _ in rows)
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
     opt.step()
     sched.step()
     opt.zero_grad(set_to_none=True)

@@ -325,6 +325,30 @@ fn bad_data_and_settings_are_refused_in_one_line() {
         (vec!["--data-path", "nowhere.jsonl"], "no such file"),
         (
             vec![
+                "--data-path",
+                &good,
+                "--val-set-size",
+                "1",
+                "--max-grad-norm",
+                "-1",
+            ],
+            "--max-grad-norm",
+        ),
+        (
+            vec![
+                "--data-path",
+                &good,
+                "--val-set-size",
+                "1",
+                "--lora",
+                "2",
+                "--lora-alpha",
+                "0",
+            ],
+            "--lora-alpha",
+        ),
+        (
+            vec![
                 "--model",
                 &dense,
                 "--data-path",
@@ -368,34 +392,55 @@ fn bad_data_and_settings_are_refused_in_one_line() {
         "refused late"
     );
     assert!(!out.exists());
+    let output =
+        crate::common::cli::compress(&stories, &out, &["--layers", "2", "--max-steps", "5"]);
+    if let Some(why) = refusal_problem(&output, "need --recovery") {
+        panic!("compress --max-steps without --recovery: {why}");
+    }
 }
 
 #[test]
-fn compress_with_recovery_trains_what_it_compressed() {
+fn finetune_in_bf16_trains_the_weights_it_runs_with() {
     let Some(stories) = stories() else { return };
-    let tmp = TempDir::new("compress-recovery");
-    let training = [
-        "--recovery",
-        "--max-steps",
-        "2",
-        "--warmup-steps",
-        "0",
-        "--train-batch-size",
-        "4",
-        "--val-set-size",
-        "8",
-        "--max-length",
-        "160",
-    ];
-    for (method, trained) in [("grasp", vec![2, 3]), ("remove", vec![1])] {
-        let out = tmp.join(method);
-        let mut flags = vec!["--layers", "2,3", "--ratio", "0.5", "--method", method];
-        flags.extend(training);
-        let report = compress_ok(&stories, &out, &flags);
-        let r = &report["recovery"];
-        assert_eq!(r["layers"], serde_json::json!(trained), "{method}");
-        assert_eq!(r["steps"].as_array().unwrap().len(), 2, "{method}");
-        assert!(r["val_loss_after"].as_f64().unwrap().is_finite());
-        assert!(report["timings_s"]["recovery_s"].as_f64().unwrap() > 0.0);
+    let tmp = TempDir::new("finetune-bf16");
+    let compressed = tmp.join("compressed");
+    compress_ok(
+        &stories,
+        &compressed,
+        &["--layers", "2,3", "--ratio", "0.5"],
+    );
+    // The same run in f32 and bf16: the loss of each step is the loss of the weights after the
+    // steps before it, so bf16 follows f32 only if it runs with its updated weights.
+    let losses = |dtype: &str| -> Vec<f64> {
+        let tuned = tmp.join(dtype);
+        let output = grasp()
+            .args(["finetune", "--dtype", dtype, "--model"])
+            .arg(&compressed)
+            .arg("--data-dir")
+            .arg(&stories.data)
+            .args([
+                "--max-steps",
+                "8",
+                "--warmup-steps",
+                "0",
+                "--learning-rate",
+                "2e-2",
+            ])
+            .args(["--train-batch-size", "8", "--micro-batch-size", "4"])
+            .args(["--val-set-size", "8", "--max-length", "128", "--lora", "4"])
+            .arg("--out")
+            .arg(&tuned)
+            .output()
+            .unwrap();
+        assert_success(&output, &format!("grasp finetune --dtype {dtype} --lora 4"));
+        let r = &read_json(&tuned.join("grasp_finetune.json"))["recovery"];
+        let steps = r["steps"].as_array().unwrap();
+        assert!(steps.iter().all(|s| s["grad_norm"].as_f64().unwrap() > 0.0));
+        steps.iter().map(|s| s["loss"].as_f64().unwrap()).collect()
+    };
+    let (full, half) = (losses("f32"), losses("bf16"));
+    assert!(full[7] < full[0] - 0.3, "f32 losses {full:?}");
+    for (f, h) in full.iter().zip(&half) {
+        assert!((f - h).abs() < 0.08 * f, "f32 {full:?}, bf16 {half:?}");
     }
 }

@@ -12,7 +12,7 @@ use super::common::{unsigned, CalibrationArgs, Log, ModelArgs};
 use crate::data::alpaca::{self, ExampleSpec, PromptTemplate};
 use crate::io::out_path::{check_output_file, resolved};
 use crate::io::save::{save_model, write_json, OutputForm};
-use crate::pipeline::recovery::recovery_layers;
+use crate::pipeline::recovery::{recovery_layers, removed_by};
 use crate::pipeline::report::CompressReport;
 use crate::recovery::plan::{recover, ExampleSets, ReadyRecovery, RecoveryPlan};
 use crate::recovery::train::{StepLog, TrainReport, TrainSpec};
@@ -20,7 +20,7 @@ use crate::recovery::trainable::{compressed_layers, Target};
 use crate::runtime;
 
 /// How recovery training runs; the names follow the original params_script.sh.
-#[derive(Args, Clone, Debug, Serialize)]
+#[derive(Args, Clone, Debug, PartialEq, Serialize)]
 pub struct RecoveryArgs {
     /// Alpaca-style records (instruction, input, output): a .json/.jsonl file, or a hub dataset
     /// id. The default is found under --data-dir (alpaca_cleaned/) before the hub is tried.
@@ -45,6 +45,10 @@ pub struct RecoveryArgs {
     /// AdamW's decoupled weight decay (0, as the Hugging Face Trainer's default).
     #[arg(long, default_value_t = 0.0)]
     pub weight_decay: f64,
+    /// Clip the summed gradient to this global L2 norm, as the Hugging Face Trainer does
+    /// (0: no clipping).
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f64,
     /// Tokens per example; longer examples are cut.
     #[arg(long, default_value_t = 256, value_parser = unsigned::<usize>)]
     pub max_length: usize,
@@ -84,6 +88,9 @@ impl RecoveryArgs {
 
     /// Reads the data and checks the settings (before any model is loaded).
     pub fn plan(&self, data_dir: Option<&std::path::Path>, seed: u64) -> Result<RecoveryPlan> {
+        if self.lora.is_some() && !(self.lora_alpha.is_finite() && self.lora_alpha > 0.0) {
+            bail!("--lora-alpha must be a positive number");
+        }
         if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
             bail!("--weight-decay must be 0 or more");
         }
@@ -105,6 +112,7 @@ impl RecoveryArgs {
             learning_rate: self.learning_rate,
             warmup_steps: self.warmup_steps,
             weight_decay: self.weight_decay,
+            max_grad_norm: self.max_grad_norm,
             seed,
         };
         let path = alpaca::resolve_data_path(&self.data_path, data_dir)?;
@@ -266,14 +274,22 @@ pub struct CompressRecovery {
 impl CompressRecovery {
     /// With --recovery, the plan, its data read now (before the model loads).
     pub fn plan(&self, calibration: &CalibrationArgs) -> Result<Option<RecoveryPlan>> {
+        if !self.recovery {
+            use clap::{Args as _, FromArgMatches as _};
+            let command = RecoveryArgs::augment_args(clap::Command::new("defaults"));
+            let defaults = RecoveryArgs::from_arg_matches(&command.try_get_matches_from(["x"])?)?;
+            if self.training != defaults {
+                bail!("training flags (--data-path, --max-steps, --lora, …) need --recovery");
+            }
+            return Ok(None);
+        }
         let data_dir = calibration.data_dir.as_deref();
-        self.recovery
-            .then(|| self.training.plan(data_dir, calibration.seed))
-            .transpose()
+        self.training.plan(data_dir, calibration.seed).map(Some)
     }
 
     /// Trains what [`recovery_layers`] names after a compression by `method` (or LoRA
-    /// adapters) and records it in the report; nothing without a plan.
+    /// adapters) and records it in the report; nothing without a plan, or when the guard
+    /// removed every layer and nothing was compressed.
     pub fn run(
         &self,
         recovery: Option<&ReadyRecovery>,
@@ -286,10 +302,13 @@ impl CompressRecovery {
             return Ok(());
         };
         let t = Instant::now();
-        let chosen = &report.chosen_layers;
-        let target = self
-            .training
-            .target(|| Ok(recovery_layers(model, method, chosen)))?;
+        let removed = removed_by(method, &report.chosen_layers, &report.removed_layers);
+        let layers = recovery_layers(model, &removed);
+        if layers.is_empty() && self.training.lora.is_none() {
+            log.info("recovery: no layer to train (every chosen layer was removed)");
+            return Ok(());
+        }
+        let target = self.training.target(|| Ok(layers))?;
         log.info(format!("recovery: training {target}"));
         let trained = train_with_progress(model, &target, &recovery.sets, &recovery.plan, log)?;
         report.recovered(model, trained, t.elapsed().as_secs_f64());

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tokenizers::Tokenizer;
 
 use super::compress::{compress_layers, Collected};
-use super::recovery::recovery_layers;
+use super::recovery::{recovery_layers, removed_by};
 use crate::data::tasks::Task;
 use crate::eval::perplexity::{perplexity_of, PerplexitySpec, TokenStream};
 use crate::eval::tasks::{averages, run_task, TaskOptions};
@@ -154,10 +154,7 @@ pub fn sweep(
             &opts,
             Collected::Shared(inputs),
         )?;
-        let removed = match method {
-            Method::Remove => chosen.clone(),
-            _ => c.removed_layers(),
-        };
+        let removed = removed_by(method, &chosen, &c.removed_layers());
         let times = Times {
             compress: started.elapsed().as_secs_f64(),
             gradient: c.blocks.iter().map(|b| b.gradient_seconds).sum(),
@@ -168,14 +165,15 @@ pub fn sweep(
             method: method_name(method),
             layers: n,
             ratio,
-            chosen_layers: chosen.clone(),
+            chosen_layers: chosen,
             removed_layers: removed,
             guard: c.guard,
         };
         record(score(&model, setting.clone(), times, scoring)?);
-        if let Some(recovery) = recovery {
+        let layers = recovery_layers(&model, &setting.removed_layers);
+        if let Some(recovery) = recovery.filter(|_| !layers.is_empty()) {
             let started = Instant::now();
-            let target = Target::Layers(recovery_layers(&model, method, &chosen));
+            let target = Target::Layers(layers);
             let spec = &recovery.plan.train;
             recover(&mut model, &target, &recovery.sets, spec, &mut |_, _, _| {})?;
             let times = Times {

@@ -7,12 +7,22 @@ use crate::model::Llama;
 use crate::recovery::train::TrainReport;
 use crate::recovery::trainable::{compressed_layers, layers_beside_removed};
 
-/// The layers recovery trains after a compression by `method` of the `chosen` layers: those it
-/// left factorized, or after removal the layer below each removed run.
-pub fn recovery_layers(model: &Llama, method: Method, chosen: &[usize]) -> Vec<usize> {
+/// The layers recovery trains after a compression that deleted `removed` (numbered as before
+/// the compression: the chosen layers of `--method remove`, those the hybrid guard removed):
+/// every layer left factorized, and the layer below each removed run.
+pub fn recovery_layers(model: &Llama, removed: &[usize]) -> Vec<usize> {
+    let mut layers = compressed_layers(model);
+    layers.extend(layers_beside_removed(removed));
+    layers.sort_unstable();
+    layers.dedup();
+    layers
+}
+
+/// The layers a compression by `method` of `chosen` deleted, given those its guard removed.
+pub fn removed_by(method: Method, chosen: &[usize], guard_removed: &[usize]) -> Vec<usize> {
     match method {
-        Method::Remove => layers_beside_removed(chosen),
-        _ => compressed_layers(model),
+        Method::Remove => chosen.to_vec(),
+        _ => guard_removed.to_vec(),
     }
 }
 

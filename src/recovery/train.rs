@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -29,6 +29,8 @@ pub struct TrainSpec {
     pub learning_rate: f64,
     pub warmup_steps: usize,
     pub weight_decay: f64,
+    /// Global L2 norm the summed gradient is clipped to (0: no clipping).
+    pub max_grad_norm: f64,
     /// Seeds the order of the examples in each epoch.
     pub seed: u64,
 }
@@ -54,13 +56,21 @@ impl TrainSpec {
         if !(self.learning_rate.is_finite() && self.learning_rate > 0.0) {
             bail!("--learning-rate must be a positive number");
         }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            bail!("--max-grad-norm must be 0 or more");
+        }
+        let per_epoch = usize::MAX / self.batch_size;
+        if self.max_steps.is_none() && self.num_epochs > per_epoch {
+            bail!("--num-epochs {} is too many", self.num_epochs);
+        }
         Ok(())
     }
 
     /// Optimizer steps over `examples` training examples.
     pub fn total_steps(&self, examples: usize) -> usize {
         let per_epoch = examples.div_ceil(self.batch_size);
-        self.max_steps.unwrap_or(per_epoch * self.num_epochs)
+        self.max_steps
+            .unwrap_or(per_epoch.saturating_mul(self.num_epochs))
     }
 
     /// The learning rate of optimizer step `step` (0-based) out of `total`: a linear warm-up
@@ -83,6 +93,8 @@ pub struct StepLog {
     pub step: usize,
     /// Mean loss over the step's scored targets.
     pub loss: f64,
+    /// Global L2 norm of the step's gradient, before clipping.
+    pub grad_norm: f64,
     pub learning_rate: f64,
     /// Tokens run through the model (padding excluded).
     pub tokens: usize,
@@ -136,10 +148,9 @@ pub fn train(
         },
     )?;
     let start = Instant::now();
-    let mut steps = Vec::with_capacity(total);
+    let mut steps = Vec::new();
     let mut order = Vec::new();
     let mut epoch = 0;
-    trainable.apply(model, true)?;
     for step in 0..total {
         if order.is_empty() {
             order = epoch_order(train.len(), spec.seed, epoch);
@@ -150,12 +161,16 @@ pub fn train(
         let t = Instant::now();
         let lr = spec.learning_rate_at(step, total);
         optimizer.set_learning_rate(lr);
-        let (loss, tokens) = accumulate_and_step(model, trainable, &batch, spec, &mut optimizer)?;
+        // Every step: in half precision the model holds a cast copy of each variable, which
+        // the optimizer's in-place update does not reach.
+        trainable.apply(model, true)?;
+        let stats = accumulate_and_step(model, trainable, &batch, spec, &mut optimizer)?;
         let log = StepLog {
             step,
-            loss,
+            loss: stats.loss,
+            grad_norm: stats.grad_norm,
             learning_rate: lr,
-            tokens,
+            tokens: stats.tokens,
             seconds: t.elapsed().as_secs_f64(),
         };
         on_step(step + 1, total, &log);
@@ -189,49 +204,80 @@ fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
+/// What one optimizer step did.
+struct StepStats {
+    loss: f64,
+    tokens: usize,
+    grad_norm: f64,
+}
+
 /// One optimizer step over `batch`: a backward pass per micro-batch, each scaled so that the
-/// gradients add up to those of the mean loss over all the batch's scored targets. Returns
-/// that loss and the tokens run.
+/// gradients add up to those of the mean loss over all the batch's scored targets; the sum is
+/// clipped to `max_grad_norm` in global L2 norm (as transformers' Trainer does) before AdamW.
 fn accumulate_and_step(
     model: &Llama,
     trainable: &Trainable,
     batch: &[&Example],
     spec: &TrainSpec,
     optimizer: &mut AdamW,
-) -> Result<(f64, usize)> {
+) -> Result<StepStats> {
     let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
     let weight = 1.0 / scored as f64;
-    let mut sums: Option<Vec<Tensor>> = None;
     let (mut loss, mut tokens) = (0.0, 0);
-    let chunks: Vec<&[&Example]> = batch.chunks(spec.micro_batch_size).collect();
-    for (i, micro) in chunks.iter().enumerate() {
+    let mut sums: Option<Vec<Tensor>> = None;
+    let mut store = None;
+    for micro in batch.chunks(spec.micro_batch_size) {
         let l = weighted_loss(model, micro, weight)?;
-        loss += l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         tokens += micro.iter().map(|e| e.ids.len()).sum::<usize>();
         let mut grads = l.backward()?;
-        let last = i + 1 == chunks.len();
-        let mut next = Vec::with_capacity(trainable.vars().len());
-        for (j, var) in trainable.vars().iter().enumerate() {
-            let g = match grads.remove(var.as_tensor()) {
-                Some(g) => g,
-                None => var.zeros_like()?,
-            };
-            let g = match &sums {
-                Some(s) => (&s[j] + g)?,
-                None => g,
-            };
-            if last {
-                grads.insert(var.as_tensor(), g.clone());
-            }
-            next.push(g);
-        }
-        if last {
-            optimizer.step(&grads)?;
-        } else {
-            sums = Some(next);
-        }
+        let mine = trainable
+            .vars()
+            .iter()
+            .map(|v| {
+                grads
+                    .remove(v.as_tensor())
+                    .map_or_else(|| v.zeros_like(), Ok)
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        sums = Some(match sums {
+            Some(s) => s
+                .iter()
+                .zip(mine)
+                .map(|(a, b)| a + b)
+                .collect::<candle_core::Result<_>>()?,
+            None => mine,
+        });
+        store = Some(grads);
     }
-    Ok((loss, tokens))
+    let (Some(sums), Some(mut grads)) = (sums, store) else {
+        bail!("an optimizer step without examples");
+    };
+    let squares = sums
+        .iter()
+        .map(|g| {
+            Ok(g.sqr()?
+                .sum_all()?
+                .to_dtype(DType::F64)?
+                .to_scalar::<f64>()?)
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let grad_norm = squares.iter().sum::<f64>().sqrt();
+    let clip = spec.max_grad_norm / (grad_norm + 1e-6);
+    for (var, g) in trainable.vars().iter().zip(sums) {
+        let g = if spec.max_grad_norm > 0.0 && clip < 1.0 {
+            (g * clip)?
+        } else {
+            g
+        };
+        grads.insert(var.as_tensor(), g);
+    }
+    optimizer.step(&grads)?;
+    Ok(StepStats {
+        loss,
+        tokens,
+        grad_norm,
+    })
 }
 
 /// Σ over the micro-batch's scored targets of `weight`·(−log p(target)): right-padded rows
@@ -277,7 +323,7 @@ pub fn validation_loss(model: &Llama, examples: &[Example], micro: usize) -> Res
     let mut total = 0.0;
     for chunk in refs.chunks(micro.max(1)) {
         let l = weighted_loss(model, chunk, 1.0 / scored as f64)?;
-        total += l.to_dtype(candle_core::DType::F64)?.to_scalar::<f64>()?;
+        total += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
     }
     Ok(Some(total))
 }
@@ -295,6 +341,7 @@ mod tests {
             learning_rate: 1.0,
             warmup_steps: warmup,
             weight_decay: 0.0,
+            max_grad_norm: 1.0,
             seed: 0,
         }
     }
