@@ -223,6 +223,10 @@ fn accumulate_and_step(
 ) -> Result<StepStats> {
     let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
     let weight = 1.0 / scored as f64;
+    // The step's gradient is the same whichever examples share a micro-batch, so examples of
+    // similar length go together: less padding to run through the model.
+    let mut batch = batch.to_vec();
+    batch.sort_by_key(|e| e.ids.len());
     let (mut loss, mut tokens) = (0.0, 0);
     let mut sums: Option<Vec<Tensor>> = None;
     let mut store = None;
