@@ -292,25 +292,26 @@ pub fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Resul
     let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
     let rows = examples.len();
     let mut ids = vec![0u32; rows * t];
-    let mut targets = vec![0u32; rows * t];
-    let mut weights = vec![0f64; rows * t];
+    // Only the scored positions go through the LM head: prompt and padding positions would add
+    // a vocabulary-wide product each and a zero to the loss.
+    let (mut scored, mut targets) = (Vec::new(), Vec::new());
     for (r, e) in examples.iter().enumerate() {
         ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
-        for (p, &s) in e.scored.iter().enumerate() {
-            targets[r * t + p] = e.ids[p + 1];
-            if s {
-                weights[r * t + p] = weight;
-            }
+        for (p, _) in e.scored.iter().enumerate().filter(|(_, &s)| s) {
+            scored.push((r * t + p) as u32);
+            targets.push(e.ids[p + 1]);
         }
     }
     let ids = Tensor::from_vec(ids, (rows, t), device)?;
     let hidden = model.run_layers(&model.embed(&ids)?, 0, model.num_layers(), |_, _| Ok(()))?;
-    let normed = model
-        .final_norm(&hidden)?
-        .reshape((rows * t, model.config.hidden_size))?;
+    let n = scored.len();
+    let hidden = hidden
+        .reshape((rows * t, model.config.hidden_size))?
+        .index_select(&Tensor::from_vec(scored, n, device)?, 0)?;
+    let normed = model.final_norm(&hidden)?;
     let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
-    let targets = Tensor::from_vec(targets, rows * t, device)?;
-    let weights = Tensor::from_vec(weights, rows * t, device)?;
+    let targets = Tensor::from_vec(targets, n, device)?;
+    let weights = Tensor::from_vec(vec![weight; n], n, device)?;
     Ok(ops::linear_cross_entropy(
         &normed, head, &targets, &weights,
     )?)
