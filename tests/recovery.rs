@@ -444,3 +444,33 @@ fn finetune_in_bf16_trains_the_weights_it_runs_with() {
         assert!((f - h).abs() < 0.08 * f, "f32 {full:?}, bf16 {half:?}");
     }
 }
+
+#[test]
+fn compress_with_recovery_trains_what_it_compressed() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("compress-recovery");
+    let training = [
+        "--recovery",
+        "--max-steps",
+        "2",
+        "--warmup-steps",
+        "0",
+        "--train-batch-size",
+        "4",
+        "--val-set-size",
+        "8",
+        "--max-length",
+        "160",
+    ];
+    for (method, trained) in [("grasp", vec![2, 3]), ("remove", vec![1])] {
+        let out = tmp.join(method);
+        let mut flags = vec!["--layers", "2,3", "--ratio", "0.5", "--method", method];
+        flags.extend(training);
+        let report = compress_ok(&stories, &out, &flags);
+        let r = &report["recovery"];
+        assert_eq!(r["layers"], serde_json::json!(trained), "{method}");
+        assert_eq!(r["steps"].as_array().unwrap().len(), 2, "{method}");
+        assert!(r["val_loss_after"].as_f64().unwrap().is_finite());
+        assert!(report["timings_s"]["recovery_s"].as_f64().unwrap() > 0.0);
+    }
+}
