@@ -21,6 +21,22 @@ fn find<'a>(points: &'a [Value], method: &str, layers: u64, ratio: Option<f64>) 
         .unwrap_or_else(|| panic!("no {method} point with {layers} layers at {ratio:?}"))
 }
 
+/// `grasp frontier` on stories260K with the small calibration, writing to `out`.
+fn frontier(stories: &Stories, out: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    grasp()
+        .arg("frontier")
+        .arg("--model")
+        .arg(&stories.model)
+        .args(SMALL_CALIBRATION)
+        .arg("--data-dir")
+        .arg(&stories.data)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .expect("cannot run grasp")
+}
+
 #[test]
 fn frontier_sweeps_every_point_and_matches_compress_then_eval() {
     let Some(stories) = stories() else {
@@ -28,20 +44,24 @@ fn frontier_sweeps_every_point_and_matches_compress_then_eval() {
     };
     let scratch = TempDir::new("frontier");
     let out = scratch.join("frontier");
-    let output = grasp()
-        .arg("frontier")
-        .arg("--model")
-        .arg(&stories.model)
-        .args(SMALL_CALIBRATION)
-        .arg("--data-dir")
-        .arg(&stories.data)
-        .args(["--num-prune-layers", "1,2", "--ratios", "0.5,0.9"])
-        .args(["--ppl-windows", "2", "--ppl-seq-len", "64"])
-        .args(["--tasks", "arc_easy", "--task-limit", "6"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("cannot run grasp");
+    let output = frontier(
+        &stories,
+        &out,
+        &[
+            "--num-prune-layers",
+            "1,2",
+            "--ratios",
+            "0.5,0.9",
+            "--ppl-windows",
+            "2",
+            "--ppl-seq-len",
+            "64",
+            "--tasks",
+            "arc_easy",
+            "--task-limit",
+            "6",
+        ],
+    );
     assert_success(&output, "grasp frontier");
     let report = read_json(&out.join("frontier.json"));
     let points = points(&report);
@@ -154,29 +174,37 @@ fn frontier_with_recovery_scores_each_model_again_after_training() {
     };
     let scratch = TempDir::new("frontier-recovery");
     let out = scratch.join("frontier");
-    let output = grasp()
-        .arg("frontier")
-        .arg("--model")
-        .arg(&stories.model)
-        .args(SMALL_CALIBRATION)
-        .arg("--data-dir")
-        .arg(&stories.data)
-        .args([
+    let output = frontier(
+        &stories,
+        &out,
+        &[
             "--num-prune-layers",
             "1",
             "--ratios",
             "0.5",
             "--methods",
             "remove,grasp",
-        ])
-        .args(["--ppl-windows", "2", "--ppl-seq-len", "64", "--tasks", ""])
-        .args(["--recovery", "--max-steps", "2", "--warmup-steps", "0"])
-        .args(["--learning-rate", "1e-2", "--train-batch-size", "4"])
-        .args(["--val-set-size", "4", "--max-length", "160"])
-        .arg("--out")
-        .arg(&out)
-        .output()
-        .expect("cannot run grasp");
+            "--ppl-windows",
+            "2",
+            "--ppl-seq-len",
+            "64",
+            "--tasks",
+            "",
+            "--recovery",
+            "--max-steps",
+            "2",
+            "--warmup-steps",
+            "0",
+            "--learning-rate",
+            "1e-2",
+            "--train-batch-size",
+            "4",
+            "--val-set-size",
+            "4",
+            "--max-length",
+            "160",
+        ],
+    );
     assert_success(&output, "grasp frontier --recovery");
     let report = read_json(&out.join("frontier.json"));
     let points = points(&report);
