@@ -265,6 +265,7 @@ fn all_targets(method: Method, rule: RankRule) -> CompressOptions {
         mlp_targets: targets(Block::Mlp),
         attn_targets: targets(Block::Attention),
         svd_dtype: SvdDtype::F64,
+        guard_windows: 0,
     }
 }
 
@@ -362,6 +363,34 @@ fn hybrid_guard_removes_a_harmful_layer_and_keeps_a_useful_one() {
         "{d3:?}"
     );
     assert!(d3.removed_loss < d3.compressed_loss);
+    assert_eq!(
+        (d4.windows, d3.windows),
+        (batches.windows(), batches.windows())
+    );
+
+    // `--guard-windows 1` compares the two models on the first batch (2 windows) alone.
+    let subset = batches.first_windows(1);
+    assert!(batches.ids.len() > 1);
+    assert_eq!((subset.ids.len(), subset.windows()), (1, 2));
+    assert_eq!(batches.first_windows(0).windows(), batches.windows());
+    assert_eq!(batches.first_windows(1000).windows(), batches.windows());
+    let mut on_subset = dense.clone();
+    let opts = CompressOptions {
+        guard_windows: 1,
+        ..opts
+    };
+    let s = compress_layers(&mut on_subset, &[4], &batches, &opts, recompute()).unwrap();
+    let d = &s.guard[0];
+    assert_eq!(d.windows, 2);
+    assert!(
+        close(d.compressed_loss, mean_loss(&grasp_4, &subset)),
+        "{d:?}"
+    );
+    assert!(
+        close(d.removed_loss, mean_loss(&without_4, &subset)),
+        "{d:?}"
+    );
+    assert!((d.compressed_loss - d4.compressed_loss).abs() > 1e-6);
 }
 
 /// With a shift of N, the calibration loss scores position t against token t + N: checked

@@ -203,6 +203,12 @@ pub struct ProjectionArgs {
     /// values are only accurate to ~1e-4, which moves their gradients by as much.
     #[arg(long, value_enum, default_value = "f64")]
     pub svd_dtype: crate::grasp::svd::SvdDtype,
+    /// Calibration windows the hybrid guard compares its two losses on, the first ones drawn
+    /// (0: all). Both losses are taken on the same windows; a subset makes the guard's cost a
+    /// small share of the gradient passes, and can only flip a choice whose two losses are
+    /// close, where either choice is about as good.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = unsigned::<usize>)]
+    pub guard_windows: usize,
     /// Memory for the chosen layers' inputs between the passes, in MiB; beyond it they go to
     /// files beside the output while the run lasts.
     #[arg(
@@ -229,6 +235,7 @@ impl ProjectionArgs {
             mlp_targets,
             attn_targets,
             svd_dtype: self.svd_dtype,
+            guard_windows: self.guard_windows,
         })
     }
 

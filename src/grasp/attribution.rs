@@ -45,6 +45,24 @@ impl Batches {
         self.ids.iter().map(|t| t.dims()[0]).sum()
     }
 
+    /// The leading batches that hold the first `windows` windows, whole batches, at least one
+    /// (all of them for 0). Inputs cached for `self` serve them under the same indices.
+    pub fn first_windows(&self, windows: usize) -> Batches {
+        let mut ids = Vec::new();
+        let mut taken = 0;
+        for batch in &self.ids {
+            if windows > 0 && taken >= windows {
+                break;
+            }
+            taken += batch.dims()[0];
+            ids.push(batch.clone());
+        }
+        Batches {
+            ids,
+            label_shift: self.label_shift,
+        }
+    }
+
     /// The mean calibration loss of batch `batch` from layer `start` on, given that layer's
     /// input.
     pub fn loss_from(

@@ -45,6 +45,8 @@ pub struct CompressOptions {
     pub mlp_targets: Vec<Projection>,
     pub attn_targets: Vec<Projection>,
     pub svd_dtype: SvdDtype,
+    /// Calibration windows the hybrid guard measures its two losses on (0: all of them).
+    pub guard_windows: usize,
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -5,7 +5,10 @@
 //! first): through the truncated layer and every layer above it, and with layer L removed,
 //! h_L passed straight to layer L + 1. The lower loss decides; a tie goes to removal, which
 //! keeps fewer parameters. The layers above are already in their final form, so each choice
-//! is made with every earlier choice in place. Both measurements are forward passes only.
+//! is made with every earlier choice in place. Both measurements are forward passes only, over
+//! the batches the caller passes (a leading subset of the calibration set, see
+//! [`Batches::first_windows`]): both losses come from the same windows, so the comparison
+//! stays paired.
 
 use std::time::Instant;
 
@@ -26,11 +29,14 @@ pub struct GuardDecision {
     /// Mean calibration loss with the layer removed.
     pub removed_loss: f64,
     pub removed: bool,
+    /// Calibration windows both losses were measured on.
+    pub windows: usize,
     pub seconds: f64,
 }
 
-/// Measures both losses for `layer` of `model` (already truncated) from its cached `inputs`.
-/// The caller removes the layer when [`GuardDecision::removed`] says so.
+/// Measures both losses for `layer` of `model` (already truncated) over `batches`, from the
+/// cached `inputs` of those batches (or of a set they lead). The caller removes the layer when
+/// [`GuardDecision::removed`] says so.
 pub fn guard_layer(
     model: &Llama,
     layer: usize,
@@ -59,6 +65,7 @@ pub fn guard_layer(
         compressed_loss,
         removed_loss,
         removed: removed_loss <= compressed_loss,
+        windows: batches.windows(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

@@ -195,12 +195,13 @@ pub fn compress_layers(
         out.modules.extend(modules);
         out.blocks.extend(blocks);
         if opts.method == Method::Hybrid {
+            let guarded = batches.first_windows(opts.guard_windows);
             let bar = crate::progress::bar(
-                batches.windows() as u64,
+                guarded.windows() as u64,
                 &format!("layer {layer} guard"),
                 "windows",
             );
-            let decision = guard_layer(model, layer, batches, &layer_inputs, &bar)?;
+            let decision = guard_layer(model, layer, &guarded, &layer_inputs, &bar)?;
             bar.finish_and_clear();
             if decision.removed {
                 // Only layers above `layer`, all processed, change their index.
