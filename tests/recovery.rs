@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::common::cli::{assert_success, compress_ok, grasp, read_json, refusal_problem, stories};
-use crate::common::{load, stories_dir, TempDir};
+use crate::common::{load, smollm2_dir, stories_dir, TempDir};
 use candle_core::{DType, Device, Tensor};
 use grasp::data::alpaca::{tokenize_examples, Example, ExampleSpec, PromptTemplate, Record};
 use grasp::model::linear::Linear;
@@ -29,6 +29,36 @@ fn records() -> Vec<Record> {
             output: "The dog ran.".into(),
         },
     ]
+}
+
+/// `--add-eos-token` ends each example with the EOS token the checkpoint's
+/// tokenizer_config.json names, as transformers' `tokenizer.eos_token` does: SmolLM2's
+/// `<|im_end|>`, not `<|endoftext|>`, the first well-known name its vocabulary has, which is
+/// the fallback when no token is configured.
+#[test]
+fn examples_end_with_the_configured_eos_token() {
+    let Some(dir) = smollm2_dir() else {
+        return;
+    };
+    let loaded = load(&dir, DType::F32);
+    let id = |name: &str| loaded.tokenizer.token_to_id(name).unwrap();
+    let (im_end, endoftext) = (id("<|im_end|>"), id("<|endoftext|>"));
+    assert_ne!(im_end, endoftext);
+    assert_eq!(loaded.eos_token, Some(im_end));
+    let spec = ExampleSpec {
+        template: PromptTemplate::Alpaca,
+        max_length: 256,
+        train_on_inputs: false,
+        add_eos: true,
+    };
+    for (declared, expected) in [(loaded.eos_token, im_end), (None, endoftext)] {
+        let examples = tokenize_examples(&records(), &loaded.tokenizer, declared, &spec).unwrap();
+        assert_eq!(examples.len(), records().len());
+        for e in &examples {
+            assert_eq!(e.ids.last(), Some(&expected));
+            assert_eq!(e.scored.last(), Some(&true), "the EOS target is scored");
+        }
+    }
 }
 
 fn seeded(rng: &mut StdRng, shape: (usize, usize)) -> Tensor {
@@ -59,7 +89,8 @@ fn trainable_gradients_match_finite_differences() {
         train_on_inputs: false,
         add_eos: false,
     };
-    let examples = tokenize_examples(&records(), &loaded.tokenizer, &spec).unwrap();
+    let examples =
+        tokenize_examples(&records(), &loaded.tokenizer, loaded.eos_token, &spec).unwrap();
     let refs: Vec<&Example> = examples.iter().collect();
     let weight = 1.0 / examples.iter().map(Example::scored_targets).sum::<usize>() as f64;
     let frozen_weight = model.layers[2].mlp.down_proj.clone();
@@ -94,7 +125,8 @@ fn lora_gradients_match_finite_differences_and_merge_exactly() {
         train_on_inputs: true,
         add_eos: false,
     };
-    let examples = tokenize_examples(&records(), &loaded.tokenizer, &spec).unwrap();
+    let examples =
+        tokenize_examples(&records(), &loaded.tokenizer, loaded.eos_token, &spec).unwrap();
     let refs: Vec<&Example> = examples.iter().collect();
     let weight = 1.0 / examples.iter().map(Example::scored_targets).sum::<usize>() as f64;
     let target = Target::Lora {

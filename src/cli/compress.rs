@@ -92,7 +92,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
     let mut model = loaded.model;
     let n_layers = model.num_layers();
     let recovery = recovery
-        .map(|p| p.ready(&loaded.tokenizer, &model))
+        .map(|p| p.ready(&loaded.tokenizer, loaded.eos_token, &model))
         .transpose()?;
     let layers = layer_choice(args.num_prune_layers, args.layers.as_deref(), n_layers)?;
     let output_dtype = match &args.model.dtype {

@@ -58,7 +58,9 @@ pub struct RecoveryArgs {
     /// Train on the prompt's tokens too, not only on the response's.
     #[arg(long)]
     pub train_on_inputs: bool,
-    /// End every example with the end-of-sequence token.
+    /// End every example with the end-of-sequence token: the `eos_token` of the model's
+    /// tokenizer_config.json (as transformers), else the first of </s>, <|endoftext|>,
+    /// <|end_of_text|>, <|im_end|>, <|eot_id|> the vocabulary has.
     #[arg(long)]
     pub add_eos_token: bool,
     /// Prompt template: alpaca.
@@ -190,7 +192,8 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
 
     let loaded = args.model.load(files)?;
     let mut model = loaded.model;
-    let sets = plan.examples(&loaded.tokenizer, model.config.max_position_embeddings)?;
+    let max_positions = model.config.max_position_embeddings;
+    let sets = plan.examples(&loaded.tokenizer, loaded.eos_token, max_positions)?;
     let target = args.recovery.target(|| {
         let layers = match &args.train_layers {
             Some(l) => l.clone(),

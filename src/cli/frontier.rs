@@ -135,7 +135,7 @@ pub fn run(args: FrontierArgs) -> Result<()> {
     let loaded = args.model.load(files)?;
     let model = loaded.model;
     let recovery = recovery
-        .map(|p| p.ready(&loaded.tokenizer, &model))
+        .map(|p| p.ready(&loaded.tokenizer, loaded.eos_token, &model))
         .transpose()?;
     for &n in &args.num_prune_layers {
         check_num_prune_layers(n, model.num_layers())?;

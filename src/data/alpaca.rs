@@ -165,16 +165,21 @@ impl Example {
 }
 
 /// Tokenizes `records`; examples with no scored target (a prompt that fills `max_length`) are
-/// dropped, and an error says so when none is left.
+/// dropped, and an error says so when none is left. `declared_eos` is the EOS token the
+/// checkpoint's tokenizer configuration names (see `io::load::Loaded::eos_token`).
 pub fn tokenize_examples(
     records: &[Record],
     tokenizer: &Tokenizer,
+    declared_eos: Option<u32>,
     spec: &ExampleSpec,
 ) -> Result<Vec<Example>> {
     if spec.max_length < 2 {
         bail!("--max-length must be at least 2 (a token and the one it predicts)");
     }
-    let eos = spec.add_eos.then(|| eos_id(tokenizer)).transpose()?;
+    let eos = spec
+        .add_eos
+        .then(|| declared_eos.map_or_else(|| eos_id(tokenizer), Ok))
+        .transpose()?;
     let encode = |text: String| -> Result<Vec<u32>> {
         let enc = tokenizer
             .encode(text, true)
@@ -211,6 +216,8 @@ pub fn tokenize_examples(
     Ok(examples)
 }
 
+/// The EOS token of a tokenizer whose configuration names none: the first well-known name the
+/// vocabulary has.
 fn eos_id(tokenizer: &Tokenizer) -> Result<u32> {
     [
         "</s>",

@@ -48,6 +48,9 @@ pub struct Loaded {
     pub files: ModelFiles,
     /// dtype of the weights on disk (the first floating tensor's).
     pub checkpoint_dtype: DType,
+    /// The end-of-sequence token transformers' tokenizer of this checkpoint uses, when
+    /// tokenizer_config.json beside tokenizer.json names one the vocabulary has.
+    pub eos_token: Option<u32>,
 }
 
 const EXTRA_FILES: &[&str] = &[
@@ -199,6 +202,17 @@ fn resolve_hub(hub: &Hub, repo_id: &str, revision: &str) -> Result<ModelFiles> {
     })
 }
 
+/// tokenizer_config.json's `eos_token` (a string, or an added-token object with `content`),
+/// the token transformers appends as `tokenizer.eos_token`; None when the file is absent or
+/// unreadable, or the token unknown to `tokenizer`: callers fall back on well-known names.
+fn declared_eos(tokenizer_path: &Path, tokenizer: &Tokenizer) -> Option<u32> {
+    let text = std::fs::read_to_string(tokenizer_path.with_file_name("tokenizer_config.json"));
+    let config: serde_json::Value = serde_json::from_str(&text.ok()?).ok()?;
+    let eos = config.get("eos_token")?;
+    let name = eos.as_str().or_else(|| eos.get("content")?.as_str())?;
+    tokenizer.token_to_id(name)
+}
+
 pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
     Tokenizer::from_file(path)
         .map_err(|e| anyhow::anyhow!("cannot load tokenizer {}: {e}", path.display()))
@@ -208,6 +222,7 @@ pub fn load_tokenizer(path: &Path) -> Result<Tokenizer> {
 pub fn load_files(files: ModelFiles, device: &Device, dtype: Option<DType>) -> Result<Loaded> {
     let config = LlamaConfig::from_file(&files.config)?;
     let tokenizer = load_tokenizer(&files.tokenizer)?;
+    let eos_token = declared_eos(&files.tokenizer, &tokenizer);
     let checkpoint_dtype = checkpoint_dtype(&files.weights[0])?;
     let dtype = dtype.unwrap_or_else(|| runtime::default_compute_dtype(device, checkpoint_dtype));
     check_vocab(&tokenizer, &config).with_context(|| format!("{}", files.tokenizer.display()))?;
@@ -224,5 +239,6 @@ pub fn load_files(files: ModelFiles, device: &Device, dtype: Option<DType>) -> R
         tokenizer,
         files,
         checkpoint_dtype,
+        eos_token,
     })
 }

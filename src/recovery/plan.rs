@@ -61,14 +61,19 @@ pub struct ExampleSets {
 impl RecoveryPlan {
     /// Tokenizes the records and holds out the validation set: done as soon as the model's
     /// tokenizer is at hand, so that unusable data is refused before any long work.
-    pub fn examples(&self, tokenizer: &Tokenizer, max_positions: usize) -> Result<ExampleSets> {
+    pub fn examples(
+        &self,
+        tokenizer: &Tokenizer,
+        eos: Option<u32>,
+        max_positions: usize,
+    ) -> Result<ExampleSets> {
         if max_positions < self.examples.max_length {
             anyhow::bail!(
                 "--max-length {} exceeds the model's max_position_embeddings {max_positions}",
                 self.examples.max_length
             );
         }
-        let examples = alpaca::tokenize_examples(&self.records, tokenizer, &self.examples)?;
+        let examples = alpaca::tokenize_examples(&self.records, tokenizer, eos, &self.examples)?;
         let (train, val) = alpaca::split_validation(examples, self.val_set_size, self.train.seed)?;
         Ok(ExampleSets { train, val })
     }
@@ -82,8 +87,13 @@ pub struct ReadyRecovery {
 
 impl RecoveryPlan {
     /// [`RecoveryPlan::examples`] for `model`, kept with the plan.
-    pub fn ready(self, tokenizer: &Tokenizer, model: &Llama) -> Result<ReadyRecovery> {
-        let sets = self.examples(tokenizer, model.config.max_position_embeddings)?;
+    pub fn ready(
+        self,
+        tokenizer: &Tokenizer,
+        eos: Option<u32>,
+        model: &Llama,
+    ) -> Result<ReadyRecovery> {
+        let sets = self.examples(tokenizer, eos, model.config.max_position_embeddings)?;
         Ok(ReadyRecovery { plan: self, sets })
     }
 }
