@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::common::cli::{assert_success, compress_ok, grasp, read_json, refusal_problem, stories};
+use crate::common::cli::{
+    assert_success, compress_ok, grasp, read_json, refusal_problem, stories, Stories,
+};
 use crate::common::{load, smollm2_dir, stories_dir, TempDir};
 use candle_core::{DType, Device, Tensor};
 use grasp::data::alpaca::{tokenize_examples, Example, ExampleSpec, PromptTemplate, Record};
@@ -224,6 +226,34 @@ fn check_against_finite_differences(
     checked
 }
 
+/// `grasp finetune` of `model` into `out` on stories260K's data, in steps of 8 examples
+/// (micro-batches of 4, at most 128 tokens), with the schedule `steps` and then `extra`; its
+/// report.
+fn finetune_ok(
+    stories: &Stories,
+    model: &Path,
+    out: &Path,
+    steps: &[&str],
+    extra: &[&str],
+) -> serde_json::Value {
+    let output = grasp()
+        .arg("finetune")
+        .arg("--model")
+        .arg(model)
+        .arg("--data-dir")
+        .arg(&stories.data)
+        .args(["--train-batch-size", "8", "--micro-batch-size", "4"])
+        .args(["--max-length", "128"])
+        .args(steps)
+        .args(extra)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert_success(&output, &format!("grasp finetune {steps:?} {extra:?}"));
+    read_json(&out.join("grasp_finetune.json"))
+}
+
 fn tensors(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -244,27 +274,21 @@ fn finetune_trains_only_the_compressed_layers_and_lowers_the_loss() {
         &["--layers", "2,3", "--ratio", "0.5"],
     );
     let tuned = tmp.join("tuned");
-    let output = grasp()
-        .args(["finetune", "--model"])
-        .arg(&compressed)
-        .arg("--data-dir")
-        .arg(&stories.data)
-        .args([
-            "--max-steps",
-            "6",
-            "--warmup-steps",
-            "1",
-            "--learning-rate",
-            "1e-2",
-        ])
-        .args(["--train-batch-size", "8", "--micro-batch-size", "4"])
-        .args(["--val-set-size", "32", "--max-length", "128"])
-        .arg("--out")
-        .arg(&tuned)
-        .output()
-        .unwrap();
-    assert_success(&output, "grasp finetune");
-    let report = read_json(&tuned.join("grasp_finetune.json"));
+    let steps = [
+        "--max-steps",
+        "6",
+        "--warmup-steps",
+        "1",
+        "--learning-rate",
+        "1e-2",
+    ];
+    let report = finetune_ok(
+        &stories,
+        &compressed,
+        &tuned,
+        &steps,
+        &["--val-set-size", "32"],
+    );
     let r = &report["recovery"];
     assert_eq!(r["layers"], serde_json::json!([2, 3]));
     assert_eq!(r["steps"].as_array().unwrap().len(), 6);
@@ -444,28 +468,17 @@ fn finetune_in_bf16_trains_the_weights_it_runs_with() {
     // The same run in f32 and bf16: the loss of each step is the loss of the weights after the
     // steps before it, so bf16 follows f32 only if it runs with its updated weights.
     let losses = |dtype: &str| -> Vec<f64> {
-        let tuned = tmp.join(dtype);
-        let output = grasp()
-            .args(["finetune", "--dtype", dtype, "--model"])
-            .arg(&compressed)
-            .arg("--data-dir")
-            .arg(&stories.data)
-            .args([
-                "--max-steps",
-                "8",
-                "--warmup-steps",
-                "0",
-                "--learning-rate",
-                "2e-2",
-            ])
-            .args(["--train-batch-size", "8", "--micro-batch-size", "4"])
-            .args(["--val-set-size", "8", "--max-length", "128", "--lora", "4"])
-            .arg("--out")
-            .arg(&tuned)
-            .output()
-            .unwrap();
-        assert_success(&output, &format!("grasp finetune --dtype {dtype} --lora 4"));
-        let r = &read_json(&tuned.join("grasp_finetune.json"))["recovery"];
+        let steps = [
+            "--max-steps",
+            "8",
+            "--warmup-steps",
+            "0",
+            "--learning-rate",
+            "2e-2",
+        ];
+        let extra = ["--val-set-size", "8", "--lora", "4", "--dtype", dtype];
+        let report = finetune_ok(&stories, &compressed, &tmp.join(dtype), &steps, &extra);
+        let r = &report["recovery"];
         let steps = r["steps"].as_array().unwrap();
         assert!(steps.iter().all(|s| s["grad_norm"].as_f64().unwrap() > 0.0));
         steps.iter().map(|s| s["loss"].as_f64().unwrap()).collect()

@@ -127,6 +127,23 @@ impl CalibrationArgs {
     }
 }
 
+/// Flags of a run that writes an output directory and logs as it goes (compress, finetune).
+#[derive(Args, Clone, Debug, serde::Serialize)]
+pub struct RunArgs {
+    /// Replace an existing output directory (never the input model).
+    #[arg(long)]
+    pub force: bool,
+    /// Copy the log lines to this file.
+    #[arg(long)]
+    pub log_file: Option<std::path::PathBuf>,
+    /// More log lines: every module's ranks (compress), every training step (finetune).
+    #[arg(long)]
+    pub verbose: bool,
+    /// TOML file with the same keys as these flags (flags given on the command line win).
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<std::path::PathBuf>,
+}
+
 /// A count or a seed. Negative numbers reach the parser (`allow_negative_numbers`, so that
 /// `--ratio -0.1` is refused by its range check rather than taken for a flag); for these
 /// flags the message says what is allowed instead of "invalid digit found in string".

@@ -7,7 +7,7 @@ use anyhow::Result;
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{CalibrationArgs, ModelArgs, ProjectionArgs};
+use super::common::{CalibrationArgs, ModelArgs, ProjectionArgs, RunArgs};
 use super::finetune::CompressRecovery;
 use super::layers::{layer_choice, print_table};
 use super::summary::{log_blocks, print_summary};
@@ -62,18 +62,9 @@ pub struct CompressArgs {
     /// Output directory (default: out/<model>-<method>-…).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Replace an existing output directory.
-    #[arg(long)]
-    pub force: bool,
-    /// Copy the log to this file.
-    #[arg(long)]
-    pub log_file: Option<PathBuf>,
-    /// Print per-module details.
-    #[arg(long)]
-    pub verbose: bool,
-    /// TOML file with the same keys as these flags (flags given on the command line win).
-    #[arg(long, value_name = "FILE.toml")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
 }
 
 pub fn run(args: CompressArgs) -> Result<()> {
@@ -149,7 +140,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         device: args.model.device.clone(),
     };
     let mut report = compress(&mut model, &calib, &plan, |bi, chosen| {
-        if args.verbose {
+        if args.run.verbose {
             print_table(bi, chosen);
         }
         let scores: Vec<String> = bi.scores.iter().map(|s| format!("{s:.4}")).collect();
@@ -175,7 +166,7 @@ pub fn run(args: CompressArgs) -> Result<()> {
         &out,
         plan.output,
         output_dtype,
-        args.force,
+        args.run.force,
         |dir, bytes| {
             report.saved(
                 bytes,

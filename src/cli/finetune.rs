@@ -8,9 +8,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::Serialize;
 
-use super::common::{unsigned, CalibrationArgs, Log, ModelArgs};
+use super::common::{unsigned, CalibrationArgs, Log, ModelArgs, RunArgs};
 use crate::data::alpaca::{self, ExampleSpec, PromptTemplate};
-use crate::io::out_path::{check_output_file, resolved};
 use crate::io::save::{save_model, write_json, OutputForm};
 use crate::pipeline::recovery::{recovery_layers, removed_by};
 use crate::pipeline::report::CompressReport;
@@ -146,21 +145,12 @@ pub struct FinetuneArgs {
     /// Output directory (written atomically; refused if it exists, without --force).
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace an existing --out.
-    #[arg(long)]
-    pub force: bool,
     /// Also write the report (grasp_finetune.json in --out) to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
-    /// Copy the log lines to this file.
-    #[arg(long)]
-    pub log_file: Option<PathBuf>,
-    /// Log every step (by default, every tenth of the run).
-    #[arg(long)]
-    pub verbose: bool,
-    /// TOML file with the same keys as these flags (flags given on the command line win).
-    #[arg(long, value_name = "FILE.toml")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub run: RunArgs,
 }
 
 pub fn run(args: FinetuneArgs) -> Result<()> {
@@ -169,20 +159,8 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         bail!("--data-dir {}: no such directory", dir.display());
     }
     let files = crate::io::load::resolve(&args.model.model, &args.model.revision)?;
-    let cleaned = super::preflight::output_dir(&args.out, args.force, &files)?;
-    let inputs = files.paths();
-    for (flag, path) in [("--json", &args.json), ("--log-file", &args.log_file)] {
-        if let Some(p) = path {
-            check_output_file(flag, p, &inputs)?;
-            if resolved(p)?.starts_with(resolved(&args.out)?) {
-                bail!("{flag} {} is inside --out, which is replaced", p.display());
-            }
-        }
-    }
-    let mut log = Log::new(args.log_file.as_deref(), args.verbose)?;
-    for line in cleaned {
-        log.info(line);
-    }
+    let also = [("--json", args.json.as_deref())];
+    let mut log = super::preflight::outputs(&args.out, &args.run, &files, &also)?;
     let plan = args.recovery.plan(args.data_dir.as_deref(), args.seed)?;
     log.info(format!(
         "{} records from {}",
@@ -245,7 +223,7 @@ pub fn run(args: FinetuneArgs) -> Result<()> {
         &args.out,
         form,
         out_dtype,
-        args.force,
+        args.run.force,
         |dir, bytes| {
             json["weights_bytes"] = bytes.into();
             json["peak_rss_bytes"] = runtime::peak_rss_bytes().into();

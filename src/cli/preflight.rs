@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 
-use super::common::Log;
+use super::common::{Log, RunArgs};
 use super::compress::CompressArgs;
 use crate::grasp::compress::Method;
 use crate::io::load::{resolve, ModelFiles};
@@ -39,23 +39,41 @@ pub fn compress(args: &CompressArgs) -> Result<CheckedRun> {
         .out
         .clone()
         .unwrap_or_else(|| default_out(args, &files.name));
-    let cleaned = output_dir(&out, args.force, &files)?;
+    let log = outputs(&out, &args.run, &files, &[])?;
+    Ok(CheckedRun { files, out, log })
+}
+
+/// Checks the outputs of a run that writes `out` from `files`: the directory (see
+/// [`output_dir`]), then `--log-file` and the `also` files (flag, path), none of which may be
+/// an input or lie inside `out`; opens the log and reports the clean-up in it.
+pub fn outputs(
+    out: &Path,
+    run: &RunArgs,
+    files: &ModelFiles,
+    also: &[(&str, Option<&Path>)],
+) -> Result<Log> {
+    let cleaned = output_dir(out, run.force, files)?;
     let inputs = files.paths();
-    if let Some(log_file) = &args.log_file {
-        check_output_file("--log-file", log_file, &inputs)?;
-        if resolved(log_file)?.starts_with(resolved(&out)?) {
+    let named = also
+        .iter()
+        .copied()
+        .chain([("--log-file", run.log_file.as_deref())]);
+    for (flag, path) in named {
+        let Some(path) = path else { continue };
+        check_output_file(flag, path, &inputs)?;
+        if resolved(path)?.starts_with(resolved(out)?) {
             bail!(
-                "--log-file {} is inside --out {}, which is replaced when the run ends",
-                log_file.display(),
+                "{flag} {} is inside --out {}, which is replaced when the run ends",
+                path.display(),
                 out.display()
             );
         }
     }
-    let mut log = Log::new(args.log_file.as_deref(), args.verbose)?;
+    let mut log = Log::new(run.log_file.as_deref(), run.verbose)?;
     for line in cleaned {
         log.info(line);
     }
-    Ok(CheckedRun { files, out, log })
+    Ok(log)
 }
 
 /// out/<model>-<method>-<layers>-<rank rule>, when --out is not given.
