@@ -146,6 +146,19 @@ pub fn free_disk_bytes(path: &std::path::Path) -> Option<u64> {
     }
 }
 
+/// How many passes (of calibration batches, of micro-batches) run at once: one per thread, as
+/// long as there are `jobs` for them and their graphs of `pass_bytes` each fit in half of the
+/// `available` memory (one pass when that is unknown).
+pub fn passes_that_fit(
+    threads: usize,
+    jobs: usize,
+    pass_bytes: usize,
+    available: Option<u64>,
+) -> usize {
+    let fit = available.map_or(1, |free| (free / 2 / pass_bytes.max(1) as u64) as usize);
+    threads.min(jobs).min(fit).max(1)
+}
+
 /// `job(0..jobs)` on `workers` threads, each job on one thread with a one-thread rayon pool
 /// of its own, so that the GEMMs and kernels inside it run serially; results in job order.
 /// After a failure, no new job starts and the first error is returned.

@@ -3,11 +3,12 @@
 use crate::common::*;
 use candle_core::{DType, Device, Tensor, Var};
 use grasp::eval::{CausalLm, PackedRow};
-use grasp::grasp::attribution::{passes_that_fit, singular_value_gradients, Batches, LayerInputs};
+use grasp::grasp::attribution::{singular_value_gradients, Batches, LayerInputs};
 use grasp::grasp::svd::{thin_svd, SvdDtype};
 use grasp::model::linear::Linear;
 use grasp::model::llama::Projection;
 use grasp::model::Llama;
+use grasp::runtime::passes_that_fit;
 use indicatif::ProgressBar;
 
 /// Logits of every golden text: last-position logits, per-position sums and argmaxes, loss.

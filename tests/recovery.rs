@@ -226,6 +226,60 @@ fn check_against_finite_differences(
     checked
 }
 
+/// Micro-batches side by side (two threads: two single-threaded passes at once) train exactly
+/// what one pass at a time does: the same losses, gradient norms and written bytes.
+#[test]
+fn micro_batches_side_by_side_train_bit_for_bit_the_same() {
+    let Some(stories) = stories() else { return };
+    let tmp = TempDir::new("side-by-side");
+    let compressed = tmp.join("compressed");
+    compress_ok(
+        &stories,
+        &compressed,
+        &["--layers", "2,3", "--ratio", "0.5"],
+    );
+    let run = |threads: &str| {
+        let out = tmp.join(&format!("threads{threads}"));
+        let output = grasp()
+            .env("RAYON_NUM_THREADS", threads)
+            .arg("finetune")
+            .arg("--model")
+            .arg(&compressed)
+            .arg("--data-dir")
+            .arg(&stories.data)
+            .args(["--max-steps", "3", "--train-batch-size", "16"])
+            .args(["--val-set-size", "8", "--max-length", "128"])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        assert_success(&output, "grasp finetune");
+        let r = read_json(&out.join("grasp_finetune.json"))["recovery"].clone();
+        let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
+        (r, bytes)
+    };
+    let ((one, one_bytes), (two, two_bytes)) = (run("1"), run("2"));
+    assert_eq!(
+        (
+            one["passes_at_once"].as_u64(),
+            two["passes_at_once"].as_u64()
+        ),
+        (Some(1), Some(2))
+    );
+    let figures = |r: &serde_json::Value, key: &str| -> Vec<f64> {
+        r["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s[key].as_f64().unwrap())
+            .collect()
+    };
+    for key in ["loss", "grad_norm"] {
+        assert_eq!(figures(&one, key), figures(&two, key), "{key}");
+    }
+    assert!(one_bytes == two_bytes, "the trained weights differ");
+}
+
 /// `grasp finetune` of `model` into `out` on stories260K's data, in steps of 8 examples
 /// (micro-batches of 4, at most 128 tokens), with the schedule `steps` and then `extra`; its
 /// report.

@@ -28,11 +28,12 @@ pub fn log_blocks(log: &mut Log, report: &CompressReport) {
         if let (true, Some(d)) = (last_of_layer, guard) {
             log.info(format!(
                 "layer {:>3} guard     calibration loss {:.4} compressed, {:.4} removed: {} \
-                 ({:.1}s)",
+                 ({} windows, {:.1}s)",
                 d.layer,
                 d.compressed_loss,
                 d.removed_loss,
                 if d.removed { "removed" } else { "kept" },
+                d.windows,
                 d.seconds
             ));
         }

@@ -368,22 +368,10 @@ pub fn concurrent_passes(model: &Llama, layer: usize, batches: &Batches) -> usiz
     let Some(first) = batches.ids.first() else {
         return 1;
     };
-    passes_that_fit(
+    runtime::passes_that_fit(
         runtime::num_threads(),
         batches.ids.len(),
         model.gradient_pass_bytes(layer, first.elem_count()),
         runtime::available_memory_bytes(),
     )
-}
-
-/// One pass per thread, as long as there are batches for them and their graphs of
-/// `pass_bytes` each fit in half of the `available` memory (one pass when that is unknown).
-pub fn passes_that_fit(
-    threads: usize,
-    batches: usize,
-    pass_bytes: usize,
-    available: Option<u64>,
-) -> usize {
-    let fit = available.map_or(1, |free| (free / 2 / pass_bytes.max(1) as u64) as usize);
-    threads.min(batches).min(fit).max(1)
 }

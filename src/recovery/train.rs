@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use anyhow::{bail, Result};
+use candle_core::backprop::GradStore;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use rand::rngs::StdRng;
@@ -15,6 +16,7 @@ use super::trainable::{Target, Trainable};
 use crate::data::alpaca::Example;
 use crate::model::ops;
 use crate::model::Llama;
+use crate::runtime;
 
 /// How to train.
 #[derive(Clone, Debug, Serialize)]
@@ -117,6 +119,8 @@ pub struct TrainReport {
     pub tokens: usize,
     pub seconds: f64,
     pub tokens_per_s: f64,
+    /// The most micro-batches that ran side by side (one thread each) in a step.
+    pub passes_at_once: usize,
 }
 
 /// What the caller hears after each step: (steps done, total steps, that step's log).
@@ -149,6 +153,7 @@ pub fn train(
     )?;
     let start = Instant::now();
     let mut steps = Vec::new();
+    let mut passes_at_once = 1;
     let mut order = Vec::new();
     let mut epoch = 0;
     for step in 0..total {
@@ -165,6 +170,7 @@ pub fn train(
         // the optimizer's in-place update does not reach.
         trainable.apply(model, true)?;
         let stats = accumulate_and_step(model, trainable, &batch, spec, &mut optimizer)?;
+        passes_at_once = passes_at_once.max(stats.passes);
         let log = StepLog {
             step,
             loss: stats.loss,
@@ -194,6 +200,7 @@ pub fn train(
         tokens,
         seconds,
         tokens_per_s: tokens as f64 / seconds.max(1e-9),
+        passes_at_once,
     })
 }
 
@@ -209,6 +216,18 @@ struct StepStats {
     loss: f64,
     tokens: usize,
     grad_norm: f64,
+    passes: usize,
+}
+
+/// What the backward pass of one micro-batch gave.
+struct MicroBatch {
+    loss: f64,
+    tokens: usize,
+    /// The gradient of each trainable variable, in [`Trainable::vars`] order.
+    grads: Vec<Tensor>,
+    /// The pass's gradient store (kept for the last micro-batch only), which the optimizer
+    /// takes the step's summed gradients in.
+    store: Option<GradStore>,
 }
 
 /// One optimizer step over `batch`: a backward pass per micro-batch, each scaled so that the
@@ -227,32 +246,62 @@ fn accumulate_and_step(
     // similar length go together: less padding to run through the model.
     let mut batch = batch.to_vec();
     batch.sort_by_key(|e| e.ids.len());
-    let (mut loss, mut tokens) = (0.0, 0);
-    let mut sums: Option<Vec<Tensor>> = None;
-    let mut store = None;
-    for micro in batch.chunks(spec.micro_batch_size) {
-        let l = weighted_loss(model, micro, weight)?;
-        loss += l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
-        tokens += micro.iter().map(|e| e.ids.len()).sum::<usize>();
-        let mut grads = l.backward()?;
-        let mine = trainable
+    let micros: Vec<&[&Example]> = batch.chunks(spec.micro_batch_size).collect();
+    let last = micros.len().saturating_sub(1);
+    let pass = |n: usize| -> Result<MicroBatch> {
+        let l = weighted_loss(model, micros[n], weight)?;
+        let loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
+        let mut store = l.backward()?;
+        let grads = trainable
             .vars()
             .iter()
             .map(|v| {
-                grads
+                store
                     .remove(v.as_tensor())
                     .map_or_else(|| v.zeros_like(), Ok)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(MicroBatch {
+            loss,
+            tokens: micros[n].iter().map(|e| e.ids.len()).sum(),
+            grads,
+            store: (n == last).then_some(store),
+        })
+    };
+    // As the calibration passes of a compression: on two or more cores, single-threaded passes
+    // side by side do more than one pass at a time over all the threads. The gradients are
+    // summed in micro-batch order, so the step does not depend on how many ran at once.
+    let passes = match micros.iter().map(|m| padded_tokens(m)).max() {
+        Some(tokens) if model.device().is_cpu() => {
+            let lowest = trainable.layers.iter().copied().min().unwrap_or(0);
+            runtime::passes_that_fit(
+                runtime::num_threads(),
+                micros.len(),
+                model.gradient_pass_bytes(lowest, tokens),
+                runtime::available_memory_bytes(),
+            )
+        }
+        _ => 1,
+    };
+    let results = match passes {
+        1 => (0..micros.len()).map(pass).collect::<Result<Vec<_>>>()?,
+        n => runtime::single_threaded_in_parallel(micros.len(), n, pass)?,
+    };
+    let (mut loss, mut tokens) = (0.0, 0);
+    let mut sums: Option<Vec<Tensor>> = None;
+    let mut store = None;
+    for micro in results {
+        loss += micro.loss;
+        tokens += micro.tokens;
         sums = Some(match sums {
             Some(s) => s
                 .iter()
-                .zip(mine)
+                .zip(micro.grads)
                 .map(|(a, b)| a + b)
                 .collect::<candle_core::Result<_>>()?,
-            None => mine,
+            None => micro.grads,
         });
-        store = Some(grads);
+        store = micro.store.or(store);
     }
     let (Some(sums), Some(mut grads)) = (sums, store) else {
         bail!("an optimizer step without examples");
@@ -281,7 +330,13 @@ fn accumulate_and_step(
         loss,
         tokens,
         grad_norm,
+        passes,
     })
+}
+
+/// Rows × the longest example: the positions a micro-batch runs through the model.
+fn padded_tokens(examples: &[&Example]) -> usize {
+    examples.len() * examples.iter().map(|e| e.ids.len()).max().unwrap_or(0)
 }
 
 /// Σ over the micro-batch's scored targets of `weight`·(−log p(target)): right-padded rows
