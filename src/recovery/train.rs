@@ -243,9 +243,10 @@ fn accumulate_and_step(
     let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
     let weight = 1.0 / scored as f64;
     // The step's gradient is the same whichever examples share a micro-batch, so examples of
-    // similar length go together: less padding to run through the model.
+    // similar length go together: less padding to run through the model. Longest first, so
+    // that passes side by side finish close together.
     let mut batch = batch.to_vec();
-    batch.sort_by_key(|e| e.ids.len());
+    batch.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
     let micros: Vec<&[&Example]> = batch.chunks(spec.micro_batch_size).collect();
     let last = micros.len().saturating_sub(1);
     let pass = |n: usize| -> Result<MicroBatch> {
