@@ -240,23 +240,18 @@ fn micro_batches_side_by_side_train_bit_for_bit_the_same() {
     );
     let run = |threads: &str| {
         let out = tmp.join(&format!("threads{threads}"));
-        let output = grasp()
-            .env("RAYON_NUM_THREADS", threads)
-            .arg("finetune")
-            .arg("--model")
-            .arg(&compressed)
-            .arg("--data-dir")
-            .arg(&stories.data)
-            .args(["--max-steps", "3", "--train-batch-size", "16"])
-            .args(["--val-set-size", "8", "--max-length", "128"])
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert_success(&output, "grasp finetune");
-        let r = read_json(&out.join("grasp_finetune.json"))["recovery"].clone();
+        let env = [("RAYON_NUM_THREADS", threads)];
+        let steps = ["--max-steps", "3"];
+        let report = finetune_ok(
+            &stories,
+            &compressed,
+            &out,
+            &steps,
+            &["--val-set-size", "8"],
+            &env,
+        );
         let bytes = std::fs::read(out.join("model.safetensors")).unwrap();
-        (r, bytes)
+        (report["recovery"].clone(), bytes)
     };
     let ((one, one_bytes), (two, two_bytes)) = (run("1"), run("2"));
     assert_eq!(
@@ -281,16 +276,18 @@ fn micro_batches_side_by_side_train_bit_for_bit_the_same() {
 }
 
 /// `grasp finetune` of `model` into `out` on stories260K's data, in steps of 8 examples
-/// (micro-batches of 4, at most 128 tokens), with the schedule `steps` and then `extra`; its
-/// report.
+/// (micro-batches of 4, at most 128 tokens), with the schedule `steps` and then `extra`, under
+/// the environment variables `env`; its report.
 fn finetune_ok(
     stories: &Stories,
     model: &Path,
     out: &Path,
     steps: &[&str],
     extra: &[&str],
+    env: &[(&str, &str)],
 ) -> serde_json::Value {
     let output = grasp()
+        .envs(env.iter().copied())
         .arg("finetune")
         .arg("--model")
         .arg(model)
@@ -336,13 +333,8 @@ fn finetune_trains_only_the_compressed_layers_and_lowers_the_loss() {
         "--learning-rate",
         "1e-2",
     ];
-    let report = finetune_ok(
-        &stories,
-        &compressed,
-        &tuned,
-        &steps,
-        &["--val-set-size", "32"],
-    );
+    let extra = ["--val-set-size", "32"];
+    let report = finetune_ok(&stories, &compressed, &tuned, &steps, &extra, &[]);
     let r = &report["recovery"];
     assert_eq!(r["layers"], serde_json::json!([2, 3]));
     assert_eq!(r["steps"].as_array().unwrap().len(), 6);
@@ -531,7 +523,7 @@ fn finetune_in_bf16_trains_the_weights_it_runs_with() {
             "2e-2",
         ];
         let extra = ["--val-set-size", "8", "--lora", "4", "--dtype", dtype];
-        let report = finetune_ok(&stories, &compressed, &tmp.join(dtype), &steps, &extra);
+        let report = finetune_ok(&stories, &compressed, &tmp.join(dtype), &steps, &extra, &[]);
         let r = &report["recovery"];
         let steps = r["steps"].as_array().unwrap();
         assert!(steps.iter().all(|s| s["grad_norm"].as_f64().unwrap() > 0.0));
