@@ -168,7 +168,7 @@ fn causal_attention_matches_finite_differences_and_the_composed_form() {
                 x: qkv[which].clone(),
                 fast: Box::new(move |x| {
                     let [q, k, v] = with(&fixed, x);
-                    ops::causal_attention(&q, &k, &v, 0.5, 3)
+                    ops::causal_attention(&q, &k, &v, 0.5, 3, None)
                 }),
                 composed: Box::new(move |x| {
                     let [q, k, v] = with(&fixed2, x);
@@ -277,7 +277,7 @@ fn frozen_attention_block_matches_finite_differences_and_the_composed_form() {
                 &[2, t, 16],
                 move |h| {
                     let [q, k, v, o] = &projections;
-                    ops::frozen_attention(h, [q, k, v, o], 4, 2, &cos, &sin, 3)
+                    ops::frozen_attention(h, [q, k, v, o], 4, 2, &cos, &sin, 3, None)
                 },
                 move |h| {
                     let split = |y: Tensor, n: usize| y.reshape((2, t, n, d))?.transpose(1, 2);
@@ -301,11 +301,51 @@ fn causal_attention_blocks_agree() {
         rng.randn(&[2, 2, 20, 8], DType::F32),
         rng.randn(&[2, 2, 20, 8], DType::F32),
     );
-    let whole = ops::causal_attention(&q, &k, &v, 0.3, 20).unwrap();
+    let whole = ops::causal_attention(&q, &k, &v, 0.3, 20, None).unwrap();
     for block in [1, 7, 16, 64] {
-        let blocked = ops::causal_attention(&q, &k, &v, 0.3, block).unwrap();
+        let blocked = ops::causal_attention(&q, &k, &v, 0.3, block, None).unwrap();
         assert!(max_abs_diff(&whole, &blocked) < 1e-5, "block {block}");
     }
+}
+
+/// Sequences packed in one row attend only within themselves: the value and the input
+/// gradients are those of each sequence run alone (f64).
+#[test]
+fn packed_causal_attention_is_each_sequence_alone() {
+    let rng = Gaussian::seeded(12);
+    let lens = [5usize, 1, 9, 3];
+    let t: usize = lens.iter().sum();
+    let vars = [6, 2, 2].map(|h| Var::from_tensor(&rng.randn(&[1, h, t, 8], DType::F64)).unwrap());
+    let r = rng.randn(&[1, 6, t, 8], DType::F64);
+    let [q, k, v] = vars.each_ref().map(|x| x.as_tensor());
+    let packed = ops::causal_attention(q, k, v, 0.3, 4, Some(&lens)).unwrap();
+    let grads = (&packed * &r)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let mut start = 0;
+    for len in lens {
+        let part = |x: &Tensor| x.narrow(2, start, len).unwrap();
+        let alone_vars = [q, k, v].map(|x| Var::from_tensor(&part(x)).unwrap());
+        let [qa, ka, va] = alone_vars.each_ref().map(|x| x.as_tensor());
+        let alone = ops::causal_attention(qa, ka, va, 0.3, 4, None).unwrap();
+        assert!(max_abs_diff(&part(&packed), &alone) < 1e-12, "length {len}");
+        let alone_grads = (&alone * &part(&r))
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        for (var, a) in vars.iter().zip(&alone_vars) {
+            let g = grads.get(var.as_tensor()).unwrap();
+            let diff = max_abs_diff(&part(g), alone_grads.get(a.as_tensor()).unwrap());
+            assert!(diff < 1e-12, "length {len}: {diff}");
+        }
+        start += len;
+    }
+    assert!(ops::causal_attention(q, k, v, 0.3, 4, Some(&[5, 1])).is_err());
 }
 
 /// Under the causal mask, masked attention is causal attention, however many rows it takes
@@ -329,7 +369,7 @@ fn masked_attention_under_the_causal_mask_is_causal_attention() {
         })
         .collect();
     let mask = Tensor::from_vec(mask, (b, 1, 1, t, t), &Device::Cpu).unwrap();
-    let causal = ops::causal_attention(&q, &k, &v, 0.3, 5).unwrap();
+    let causal = ops::causal_attention(&q, &k, &v, 0.3, 5, None).unwrap();
     let one_row = 6 * t * t * 4;
     for score_bytes in [0, one_row, 2 * one_row, usize::MAX] {
         let masked = ops::masked_attention(&q, &k, &v, 0.3, &mask, score_bytes).unwrap();

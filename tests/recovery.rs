@@ -116,6 +116,71 @@ fn trainable_gradients_match_finite_differences() {
     assert_eq!(checked, 3 * (11 + 9), "every tensor of both layers");
 }
 
+/// A micro-batch runs packed in one row: its loss and the gradient of every trainable tensor
+/// are the sums of those of each example run alone (f64), frozen layers (the one-node blocks)
+/// and trainable ones alike.
+#[test]
+fn packed_examples_train_as_if_each_ran_alone() {
+    let Some(dir) = stories_dir() else { return };
+    let loaded = load(&dir, DType::F64);
+    let mut model = loaded.model;
+    let spec = ExampleSpec {
+        template: PromptTemplate::Alpaca,
+        max_length: 160,
+        train_on_inputs: false,
+        add_eos: false,
+    };
+    let mut records = records();
+    records.push(Record {
+        instruction: "Name a colour.".into(),
+        input: String::new(),
+        output: "Red.".into(),
+    });
+    let examples = tokenize_examples(&records, &loaded.tokenizer, loaded.eos_token, &spec).unwrap();
+    let lens: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    assert!(lens.windows(2).any(|w| w[0] != w[1]), "lengths {lens:?}");
+    let trainable = Trainable::new(&mut model, &Target::Layers(vec![1, 3]), 0).unwrap();
+    trainable.apply(&mut model, true).unwrap();
+    let run = |examples: &[&Example]| {
+        let loss = weighted_loss(&model, examples, 0.37).unwrap();
+        let grads = loss.backward().unwrap();
+        let grads: Vec<Tensor> = trainable
+            .vars()
+            .iter()
+            .map(|v| grads.get(v.as_tensor()).unwrap().clone())
+            .collect();
+        (loss.to_scalar::<f64>().unwrap(), grads)
+    };
+    let (packed, packed_grads) = run(&examples.iter().collect::<Vec<_>>());
+    let alone: Vec<(f64, Vec<Tensor>)> = examples.iter().map(|e| run(&[e])).collect();
+    let loss: f64 = alone.iter().map(|(l, _)| l).sum();
+    assert!(
+        (packed - loss).abs() < 1e-10 * loss.abs(),
+        "{packed} against {loss}"
+    );
+    for (i, g) in packed_grads.iter().enumerate() {
+        let sum = alone
+            .iter()
+            .map(|(_, grads)| grads[i].clone())
+            .reduce(|a, b| (a + b).unwrap())
+            .unwrap();
+        let diff = (g - &sum).unwrap().abs().unwrap().max_all().unwrap();
+        let scale = sum
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap();
+        let diff = diff.to_scalar::<f64>().unwrap();
+        assert!(
+            diff <= 1e-10 * (1.0 + scale),
+            "{}: {diff}",
+            trainable.names()[i]
+        );
+    }
+}
+
 #[test]
 fn lora_gradients_match_finite_differences_and_merge_exactly() {
     let Some(dir) = stories_dir() else { return };

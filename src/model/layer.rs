@@ -7,6 +7,18 @@ use super::linear::Linear;
 use super::ops;
 use super::projection::Projection;
 
+/// Which positions each query attends to.
+#[derive(Clone, Copy, Debug)]
+pub enum Attend<'a> {
+    /// Every batch row one causal sequence.
+    Causal,
+    /// Batch 1 holding sequences of these lengths one after the other, each causal within
+    /// itself (see [`ops::causal_attention`]).
+    Packed(&'a [usize]),
+    /// Under an additive mask (see [`ops::masked_attention`]); inference only.
+    Masked(&'a Tensor),
+}
+
 #[derive(Clone, Debug)]
 pub struct Attention {
     pub q_proj: Linear,
@@ -35,22 +47,19 @@ pub struct DecoderLayer {
 }
 
 impl Attention {
-    /// Causal attention, or attention under `mask` (see [`ops::masked_attention`]).
-    fn forward(
-        &self,
-        x: &Tensor,
-        cos: &Tensor,
-        sin: &Tensor,
-        mask: Option<&Tensor>,
-    ) -> Result<Tensor> {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, attend: Attend) -> Result<Tensor> {
         let q = ops::split_heads(&self.q_proj.forward(x)?, self.num_heads)?;
         let k = ops::split_heads(&self.k_proj.forward(x)?, self.num_kv_heads)?;
         let v = ops::split_heads(&self.v_proj.forward(x)?, self.num_kv_heads)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k) = (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?);
-        let y = match mask {
-            None => ops::causal_attention(&q, &k, &v, scale, ops::ATTENTION_BLOCK)?,
-            Some(mask) => ops::masked_attention(&q, &k, &v, scale, mask, ops::MASKED_SCORES_BYTES)?,
+        let block = ops::ATTENTION_BLOCK;
+        let y = match attend {
+            Attend::Causal => ops::causal_attention(&q, &k, &v, scale, block, None)?,
+            Attend::Packed(lens) => ops::causal_attention(&q, &k, &v, scale, block, Some(lens))?,
+            Attend::Masked(mask) => {
+                ops::masked_attention(&q, &k, &v, scale, mask, ops::MASKED_SCORES_BYTES)?
+            }
         };
         self.o_proj.forward(&ops::merge_heads(&y)?)
     }
@@ -83,19 +92,35 @@ impl DecoderLayer {
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
-        mask: Option<&Tensor>,
+        attend: Attend,
     ) -> Result<Tensor> {
         let eps = self.rms_norm_eps;
         let attn = &self.self_attn;
-        let x = if mask.is_none() && frozen(&self.input_layernorm, &attn.projections()) {
-            ops::frozen_residual(x, &self.input_layernorm, eps, |h| {
-                let (heads, kv_heads) = (attn.num_heads, attn.num_kv_heads);
-                let block = ops::ATTENTION_BLOCK;
-                ops::frozen_attention(h, attn.projections(), heads, kv_heads, cos, sin, block)
-            })?
-        } else {
-            let h = ops::rms_norm(x, &self.input_layernorm, eps)?;
-            (x + attn.forward(&h, cos, sin, mask)?)?
+        let packed = match attend {
+            Attend::Causal => Some(None),
+            Attend::Packed(lens) => Some(Some(lens)),
+            Attend::Masked(_) => None,
+        };
+        let x = match packed {
+            Some(packed) if frozen(&self.input_layernorm, &attn.projections()) => {
+                ops::frozen_residual(x, &self.input_layernorm, eps, |h| {
+                    let (heads, kv_heads) = (attn.num_heads, attn.num_kv_heads);
+                    ops::frozen_attention(
+                        h,
+                        attn.projections(),
+                        heads,
+                        kv_heads,
+                        cos,
+                        sin,
+                        ops::ATTENTION_BLOCK,
+                        packed,
+                    )
+                })?
+            }
+            _ => {
+                let h = ops::rms_norm(x, &self.input_layernorm, eps)?;
+                (x + attn.forward(&h, cos, sin, attend)?)?
+            }
         };
         let norm = &self.post_attention_layernorm;
         if frozen(norm, &self.mlp.projections()) {

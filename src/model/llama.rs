@@ -8,6 +8,7 @@
 use candle_core::{DType, Device, Result, Tensor};
 
 use super::config::LlamaConfig;
+use super::layer::Attend;
 pub use super::layer::{Attention, DecoderLayer, Mlp};
 use super::ops;
 use super::packed::PackedRow;
@@ -62,7 +63,7 @@ impl Llama {
         let (cos, sin) = self.rotary.tables(t)?;
         let mut x = hidden.clone();
         for (i, layer) in self.layers.iter().enumerate().take(end).skip(start) {
-            x = layer.forward(&x, &cos, &sin, None)?;
+            x = layer.forward(&x, &cos, &sin, Attend::Causal)?;
             visit(i, &x)?;
         }
         Ok(x)
@@ -165,9 +166,27 @@ impl Llama {
         let mask = Tensor::from_vec(mask, (b, 1, 1, t, t), &self.device)?.to_dtype(self.dtype)?;
         let mut x = self.embed(&ids)?;
         for layer in &self.layers {
-            x = layer.forward(&x, &cos, &sin, Some(&mask))?;
+            x = layer.forward(&x, &cos, &sin, Attend::Masked(&mask))?;
         }
         x.reshape((b * t, self.config.hidden_size))
+    }
+
+    /// Every layer over sequences of lengths `lens` packed one after the other in one row,
+    /// `hidden` (1, Σ lens, hidden) their embeddings: each at rotary positions from 0 and
+    /// attending only within itself, as if each ran alone, without the padding a batch of
+    /// unequal lengths would run through every projection. Returns the last layer's output.
+    pub fn run_packed(&self, hidden: &Tensor, lens: &[usize]) -> Result<Tensor> {
+        self.check_sequence(lens.iter().copied().max().unwrap_or(0))?;
+        let positions: Vec<u32> = lens.iter().flat_map(|&len| 0..len as u32).collect();
+        let n = positions.len();
+        let (cos, sin) = self
+            .rotary
+            .at(&Tensor::from_vec(positions, (1, n), &self.device)?)?;
+        let mut x = hidden.clone();
+        for layer in &self.layers {
+            x = layer.forward(&x, &cos, &sin, Attend::Packed(lens))?;
+        }
+        Ok(x)
     }
 
     /// Deletes decoder layers (ShortGPT-style removal) and updates the config.

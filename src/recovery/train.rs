@@ -242,15 +242,10 @@ fn accumulate_and_step(
 ) -> Result<StepStats> {
     let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
     let weight = 1.0 / scored as f64;
-    // The step's gradient is the same whichever examples share a micro-batch, so examples of
-    // similar length go together: less padding to run through the model. Longest first, so
-    // that passes side by side finish close together.
-    let mut batch = batch.to_vec();
-    batch.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
-    let micros: Vec<&[&Example]> = batch.chunks(spec.micro_batch_size).collect();
+    let micros = balanced_micro_batches(batch, spec.micro_batch_size);
     let last = micros.len().saturating_sub(1);
     let pass = |n: usize| -> Result<MicroBatch> {
-        let l = weighted_loss(model, micros[n], weight)?;
+        let l = weighted_loss(model, &micros[n], weight)?;
         let loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
         let mut store = l.backward()?;
         let grads = trainable
@@ -272,7 +267,8 @@ fn accumulate_and_step(
     // As the calibration passes of a compression: on two or more cores, single-threaded passes
     // side by side do more than one pass at a time over all the threads. The gradients are
     // summed in micro-batch order, so the step does not depend on how many ran at once.
-    let passes = match micros.iter().map(|m| padded_tokens(m)).max() {
+    let tokens_of = |m: &Vec<&Example>| m.iter().map(|e| e.ids.len()).sum::<usize>();
+    let passes = match micros.iter().map(tokens_of).max() {
         Some(tokens) if model.device().is_cpu() => {
             let lowest = trainable.layers.iter().copied().min().unwrap_or(0);
             runtime::passes_that_fit(
@@ -335,34 +331,56 @@ fn accumulate_and_step(
     })
 }
 
-/// Rows × the longest example: the positions a micro-batch runs through the model.
-fn padded_tokens(examples: &[&Example]) -> usize {
-    examples.len() * examples.iter().map(|e| e.ids.len()).max().unwrap_or(0)
-}
-
-/// Σ over the micro-batch's scored targets of `weight`·(−log p(target)): right-padded rows
-/// (padding is only ever attended to by padding, under the causal mask), each position scored
-/// against the next id.
-pub fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Result<Tensor> {
-    let device: &Device = model.device();
-    let t = examples.iter().map(|e| e.ids.len()).max().unwrap_or(0);
-    let rows = examples.len();
-    let mut ids = vec![0u32; rows * t];
-    // Only the scored positions go through the LM head: prompt and padding positions would add
-    // a vocabulary-wide product each and a zero to the loss.
-    let (mut scored, mut targets) = (Vec::new(), Vec::new());
-    for (r, e) in examples.iter().enumerate() {
-        ids[r * t..r * t + e.ids.len()].copy_from_slice(&e.ids);
-        for (p, _) in e.scored.iter().enumerate().filter(|(_, &s)| s) {
-            scored.push((r * t + p) as u32);
-            targets.push(e.ids[p + 1]);
+/// `batch` cut into ⌈len / size⌉ micro-batches of at most `size` examples and as equal a
+/// number of tokens as the greedy rule gives (longest example first, each into the micro-batch
+/// with the fewest tokens that has room). The step's gradient is the same however the
+/// examples are grouped, and packed micro-batches cost their tokens: equal ones make the
+/// largest graph, and so the peak memory, smallest, and passes side by side end together.
+pub fn balanced_micro_batches<'a>(batch: &[&'a Example], size: usize) -> Vec<Vec<&'a Example>> {
+    let size = size.max(1);
+    let mut order = batch.to_vec();
+    order.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
+    let mut micros: Vec<(usize, Vec<&Example>)> = vec![(0, Vec::new()); batch.len().div_ceil(size)];
+    for e in order {
+        let open = micros
+            .iter_mut()
+            .filter(|(_, m)| m.len() < size)
+            .min_by_key(|(tokens, _)| *tokens);
+        if let Some((tokens, m)) = open {
+            *tokens += e.ids.len();
+            m.push(e);
         }
     }
-    let ids = Tensor::from_vec(ids, (rows, t), device)?;
-    let hidden = model.run_layers(&model.embed(&ids)?, 0, model.num_layers(), |_, _| Ok(()))?;
+    micros.into_iter().map(|(_, m)| m).collect()
+}
+
+/// Σ over the micro-batch's scored targets of `weight`·(−log p(target)), each position scored
+/// against the next id. The examples run packed in one row ([`Llama::run_packed`]): each as if
+/// alone, with no padding to carry through the projections.
+pub fn weighted_loss(model: &Llama, examples: &[&Example], weight: f64) -> Result<Tensor> {
+    let device: &Device = model.device();
+    let lens: Vec<usize> = examples.iter().map(|e| e.ids.len()).collect();
+    let total: usize = lens.iter().sum();
+    let ids: Vec<u32> = examples
+        .iter()
+        .flat_map(|e| e.ids.iter().copied())
+        .collect();
+    // Only the scored positions go through the LM head: prompt positions would add a
+    // vocabulary-wide product each and a zero to the loss.
+    let (mut scored, mut targets) = (Vec::new(), Vec::new());
+    let mut offset = 0;
+    for e in examples {
+        for (p, _) in e.scored.iter().enumerate().filter(|(_, &s)| s) {
+            scored.push((offset + p) as u32);
+            targets.push(e.ids[p + 1]);
+        }
+        offset += e.ids.len();
+    }
+    let ids = Tensor::from_vec(ids, (1, total), device)?;
+    let hidden = model.run_packed(&model.embed(&ids)?, &lens)?;
     let n = scored.len();
     let hidden = hidden
-        .reshape((rows * t, model.config.hidden_size))?
+        .reshape((total, model.config.hidden_size))?
         .index_select(&Tensor::from_vec(scored, n, device)?, 0)?;
     let normed = model.final_norm(&hidden)?;
     let head = model.lm_head.as_ref().unwrap_or(&model.embed_tokens);
@@ -414,6 +432,39 @@ mod tests {
         assert_eq!(lrs, [0.0, 0.5, 1.0, 0.75, 0.5, 0.25]);
         assert_eq!(spec(0).learning_rate_at(0, 4), 1.0);
         assert_eq!(s.total_steps(9), 3);
+    }
+
+    /// Every example once, at most `size` to a micro-batch, and token totals within one
+    /// example's length of each other where the greedy rule can reach it.
+    #[test]
+    fn micro_batches_hold_every_example_with_balanced_tokens() {
+        let lens = [
+            250, 30, 41, 180, 77, 12, 90, 64, 150, 8, 33, 120, 57, 201, 19, 99,
+        ];
+        let examples: Vec<Example> = lens
+            .iter()
+            .map(|&n| Example {
+                ids: vec![0; n],
+                scored: vec![true; n - 1],
+            })
+            .collect();
+        let refs: Vec<&Example> = examples.iter().collect();
+        for size in [1, 3, 4, 16] {
+            let micros = balanced_micro_batches(&refs, size);
+            assert_eq!(micros.len(), lens.len().div_ceil(size));
+            assert!(micros.iter().all(|m| !m.is_empty() && m.len() <= size));
+            let mut seen: Vec<usize> = micros.iter().flatten().map(|e| e.ids.len()).collect();
+            seen.sort_unstable();
+            let mut want = lens.to_vec();
+            want.sort_unstable();
+            assert_eq!(seen, want, "size {size}");
+        }
+        let totals: Vec<usize> = balanced_micro_batches(&refs, 4)
+            .iter()
+            .map(|m| m.iter().map(|e| e.ids.len()).sum())
+            .collect();
+        let (lo, hi) = (totals.iter().min().unwrap(), totals.iter().max().unwrap());
+        assert!(hi - lo <= 60, "token totals {totals:?}");
     }
 
     #[test]

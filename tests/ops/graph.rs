@@ -57,7 +57,7 @@ fn constant_inputs_stay_out_of_the_graph() {
     );
     for y in [
         ops::rms_norm(&x, &w, 1e-5).unwrap(),
-        ops::causal_attention(&x, &x, &x, 0.5, 2).unwrap(),
+        ops::causal_attention(&x, &x, &x, 0.5, 2, None).unwrap(),
         ops::rope(&x, &cos, &sin).unwrap(),
         ops::matmul_t(&x, &rng.randn(&[3, 8], DType::F32)).unwrap(),
     ] {
@@ -104,7 +104,7 @@ fn bf16_gradients_follow_the_f32_ones() {
     let loss = |x: &Tensor| -> Result<Tensor> {
         let w = w.to_dtype(x.dtype())?;
         let h = ops::rms_norm(x, &w, 1e-5)?;
-        let h = ops::causal_attention(&h, &h, &h, 0.5, 2)?;
+        let h = ops::causal_attention(&h, &h, &h, 0.5, 2, None)?;
         (ops::at_least_f32(&h)? * &probe)?.sum_all()
     };
     let (_, half) = value_and_grad(&loss, &x);

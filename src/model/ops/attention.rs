@@ -35,14 +35,19 @@ pub const ATTENTION_BLOCK: usize = 128;
 /// keeps nothing but q, k and v: it recomputes each block's probabilities from them (one more
 /// q·kᵀ per block, as flash attention does), where keeping them would be the largest tensor
 /// of a layer's graph (heads × seq² × 5/8 at 4 blocks).
+///
+/// With `packed` lengths, batch 1 holds that many sequences one after the other along the
+/// sequence axis, each attending (causally) only within itself: examples of unequal length
+/// without padding.
 pub fn causal_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     scale: f64,
     block: usize,
+    packed: Option<&[usize]>,
 ) -> Result<Tensor> {
-    let attention = CausalAttention::new(q, k, scale, block)?;
+    let attention = PackedAttention::new(q, k, scale, block, packed)?;
     let value = attention.value(&q.detach(), &k.detach(), &v.detach())?;
     if !(q.track_op() || k.track_op() || v.track_op()) {
         return Ok(value);
@@ -67,6 +72,83 @@ pub fn split_heads(y: &Tensor, heads: usize) -> Result<Tensor> {
 pub fn merge_heads(y: &Tensor) -> Result<Tensor> {
     let (b, heads, t, d) = y.dims4()?;
     y.transpose(1, 2)?.reshape((b, t, heads * d))
+}
+
+/// [`CausalAttention`] over each of the sequences packed along the sequence axis (see
+/// [`causal_attention`]), or over the whole axis.
+pub(super) struct PackedAttention {
+    /// Where each sequence starts, and its attention.
+    parts: Vec<(usize, CausalAttention)>,
+}
+
+impl PackedAttention {
+    pub(super) fn new(
+        q: &Tensor,
+        k: &Tensor,
+        scale: f64,
+        block: usize,
+        packed: Option<&[usize]>,
+    ) -> Result<Self> {
+        let seq = q.dim(2)?;
+        let whole = [seq];
+        let lens = packed.unwrap_or(&whole);
+        if lens.iter().sum::<usize>() != seq || (lens.len() > 1 && q.dim(0)? != 1) {
+            candle_core::bail!(
+                "packed attention: lengths {lens:?} do not tile one row of {seq} positions"
+            );
+        }
+        let mut start = 0;
+        let mut parts = Vec::with_capacity(lens.len());
+        for &len in lens {
+            let (q, k) = (q.narrow(2, start, len)?, k.narrow(2, start, len)?);
+            parts.push((start, CausalAttention::new(&q, &k, scale, block)?));
+            start += len;
+        }
+        Ok(Self { parts })
+    }
+
+    /// Each sequence's slice of x, (batch, heads, len, d).
+    fn slices<'a>(&'a self, x: &'a Tensor) -> impl Iterator<Item = Result<Tensor>> + 'a {
+        self.parts
+            .iter()
+            .map(move |(start, a)| x.narrow(2, *start, a.seq))
+    }
+
+    /// (batch, heads, seq, d).
+    pub(super) fn value(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        if let [(_, whole)] = self.parts.as_slice() {
+            return whole.value(q, k, v);
+        }
+        let values = self
+            .parts
+            .iter()
+            .zip(self.slices(q).zip(self.slices(k)).zip(self.slices(v)))
+            .map(|((_, a), ((q, k), v))| a.value(&q?, &k?, &v?))
+            .collect::<Result<Vec<_>>>()?;
+        Tensor::cat(&values, 2)
+    }
+
+    /// dq, dk, dv from the output's gradient g.
+    pub(super) fn input_grads(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        g: &Tensor,
+    ) -> Result<[Tensor; 3]> {
+        if let [(_, whole)] = self.parts.as_slice() {
+            return whole.input_grads(q, k, v, g);
+        }
+        let mut grads: [Vec<Tensor>; 3] = Default::default();
+        let slices = self.slices(q).zip(self.slices(k)).zip(self.slices(v));
+        for ((_, a), (((q, k), v), g)) in self.parts.iter().zip(slices.zip(self.slices(g))) {
+            for (all, part) in grads.iter_mut().zip(a.input_grads(&q?, &k?, &v?, &g?)?) {
+                all.push(part);
+            }
+        }
+        let [dq, dk, dv] = grads.map(|parts| Tensor::cat(&parts, 2));
+        Ok([dq?, dk?, dv?])
+    }
 }
 
 /// The blocked causal attention of [`causal_attention`], apart from the graph: its value and

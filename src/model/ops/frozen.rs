@@ -4,7 +4,7 @@
 use candle_core::{Result, Tensor};
 
 use super::activation::{silu_mul_input_grads, silu_mul_value};
-use super::attention::{merge_heads, rope, split_heads, CausalAttention};
+use super::attention::{merge_heads, rope, split_heads, PackedAttention};
 use super::norm::{rms_norm, rms_norm_input_grad};
 use crate::model::autograd::with_input_grad;
 use crate::model::linear::Linear;
@@ -38,7 +38,8 @@ pub fn frozen_residual(
 /// Llama's self-attention on normed input h (batch, seq, hidden) with frozen projections
 /// `[q, k, v, o]`, for [`frozen_residual`]: o applied to the causal attention of rope(q),
 /// rope(k) and v over `heads` query and `kv_heads` key/value heads. The backward keeps q, k
-/// and v alone, before rope, and redoes rope and each block's probabilities.
+/// and v alone, before rope, and redoes rope and each block's probabilities. `packed`: as
+/// for [`super::causal_attention`].
 #[allow(clippy::too_many_arguments)]
 pub fn frozen_attention(
     h: &Tensor,
@@ -48,12 +49,13 @@ pub fn frozen_attention(
     cos: &Tensor,
     sin: &Tensor,
     block: usize,
+    packed: Option<&[usize]>,
 ) -> Result<(Tensor, BranchBackward)> {
     let q = split_heads(&q_proj.forward(h)?, heads)?;
     let k = split_heads(&k_proj.forward(h)?, kv_heads)?;
     let v = split_heads(&v_proj.forward(h)?, kv_heads)?;
     let (b, _, t, d) = q.dims4()?;
-    let attention = CausalAttention::new(&q, &k, 1.0 / (d as f64).sqrt(), block)?;
+    let attention = PackedAttention::new(&q, &k, 1.0 / (d as f64).sqrt(), block, packed)?;
     let y = attention.value(&rope(&q, cos, sin)?, &rope(&k, cos, sin)?, &v)?;
     let value = o_proj.forward(&merge_heads(&y)?)?;
     let [q_proj, k_proj, v_proj, o_proj] = [q_proj, k_proj, v_proj, o_proj].map(Linear::clone);
