@@ -9,6 +9,7 @@ mod convert;
 mod data;
 mod export;
 mod families;
+mod finetune;
 mod frontier;
 mod grasp;
 mod model;
