@@ -147,6 +147,23 @@ fn packed_examples_train_as_if_each_ran_alone() {
     };
     let (packed, packed_grads) = run(&examples.iter().collect::<Vec<_>>());
     let alone: Vec<(f64, Vec<Tensor>)> = examples.iter().map(|e| run(&[e])).collect();
+    // One example alone, against the model's ordinary forward pass and log-softmax.
+    let e = &examples[0];
+    let ids = Tensor::from_vec(e.ids.clone(), (1, e.ids.len()), &Device::Cpu).unwrap();
+    let logits = model.forward(&ids).unwrap().squeeze(0).unwrap();
+    let log_p: Vec<Vec<f64>> = candle_nn::ops::log_softmax(&logits, 1)
+        .unwrap()
+        .to_vec2()
+        .unwrap();
+    let reference: f64 = (0..e.scored.len())
+        .filter(|&p| e.scored[p])
+        .map(|p| -0.37 * log_p[p][e.ids[p + 1] as usize])
+        .sum();
+    assert!(
+        (alone[0].0 - reference).abs() < 1e-10 * reference,
+        "{} against {reference}",
+        alone[0].0
+    );
     let loss: f64 = alone.iter().map(|(l, _)| l).sum();
     assert!(
         (packed - loss).abs() < 1e-10 * loss.abs(),

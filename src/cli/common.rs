@@ -222,8 +222,8 @@ pub struct ProjectionArgs {
     pub svd_dtype: crate::grasp::svd::SvdDtype,
     /// Calibration windows the hybrid guard compares its two losses on, the first ones drawn
     /// (0: all). Both losses are taken on the same windows; a subset makes the guard's cost a
-    /// small share of the gradient passes, and can only flip a choice whose two losses are
-    /// close, where either choice is about as good.
+    /// small share of the gradient passes, and is most likely to flip a choice whose two losses
+    /// are close, where either choice is about as good.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = unsigned::<usize>)]
     pub guard_windows: usize,
     /// Memory for the chosen layers' inputs between the passes, in MiB; beyond it they go to

@@ -359,7 +359,7 @@ pub fn for_each_batch<T: Send>(
     }
 }
 
-/// How many gradient passes from `layer` run at once: on the CPU, [`passes_that_fit`] the
+/// How many gradient passes from `layer` run at once: on the CPU, [`runtime::passes_that_fit`] the
 /// threads of rayon's pool and the memory the system has available; elsewhere one.
 pub fn concurrent_passes(model: &Llama, layer: usize, batches: &Batches) -> usize {
     if !model.device().is_cpu() {

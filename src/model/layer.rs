@@ -19,6 +19,16 @@ pub enum Attend<'a> {
     Masked(&'a Tensor),
 }
 
+impl<'a> Attend<'a> {
+    /// The lengths of [`Attend::Packed`].
+    fn packed_lengths(self) -> Option<&'a [usize]> {
+        match self {
+            Attend::Packed(lens) => Some(lens),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Attention {
     pub q_proj: Linear,
@@ -53,12 +63,13 @@ impl Attention {
         let v = ops::split_heads(&self.v_proj.forward(x)?, self.num_kv_heads)?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let (q, k) = (ops::rope(&q, cos, sin)?, ops::rope(&k, cos, sin)?);
-        let block = ops::ATTENTION_BLOCK;
         let y = match attend {
-            Attend::Causal => ops::causal_attention(&q, &k, &v, scale, block, None)?,
-            Attend::Packed(lens) => ops::causal_attention(&q, &k, &v, scale, block, Some(lens))?,
             Attend::Masked(mask) => {
                 ops::masked_attention(&q, &k, &v, scale, mask, ops::MASKED_SCORES_BYTES)?
+            }
+            _ => {
+                let packed = attend.packed_lengths();
+                ops::causal_attention(&q, &k, &v, scale, ops::ATTENTION_BLOCK, packed)?
             }
         };
         self.o_proj.forward(&ops::merge_heads(&y)?)
@@ -96,31 +107,27 @@ impl DecoderLayer {
     ) -> Result<Tensor> {
         let eps = self.rms_norm_eps;
         let attn = &self.self_attn;
-        let packed = match attend {
-            Attend::Causal => Some(None),
-            Attend::Packed(lens) => Some(Some(lens)),
-            Attend::Masked(_) => None,
-        };
-        let x = match packed {
-            Some(packed) if frozen(&self.input_layernorm, &attn.projections()) => {
-                ops::frozen_residual(x, &self.input_layernorm, eps, |h| {
-                    let (heads, kv_heads) = (attn.num_heads, attn.num_kv_heads);
-                    ops::frozen_attention(
-                        h,
-                        attn.projections(),
-                        heads,
-                        kv_heads,
-                        cos,
-                        sin,
-                        ops::ATTENTION_BLOCK,
-                        packed,
-                    )
-                })?
-            }
-            _ => {
-                let h = ops::rms_norm(x, &self.input_layernorm, eps)?;
-                (x + attn.forward(&h, cos, sin, attend)?)?
-            }
+        // The one-node form has a backward, so it takes causal attention alone, packed or not.
+        let one_node = !matches!(attend, Attend::Masked(_))
+            && frozen(&self.input_layernorm, &attn.projections());
+        let x = if one_node {
+            ops::frozen_residual(x, &self.input_layernorm, eps, |h| {
+                let (heads, kv_heads) = (attn.num_heads, attn.num_kv_heads);
+                let (block, packed) = (ops::ATTENTION_BLOCK, attend.packed_lengths());
+                ops::frozen_attention(
+                    h,
+                    attn.projections(),
+                    heads,
+                    kv_heads,
+                    cos,
+                    sin,
+                    block,
+                    packed,
+                )
+            })?
+        } else {
+            let h = ops::rms_norm(x, &self.input_layernorm, eps)?;
+            (x + attn.forward(&h, cos, sin, attend)?)?
         };
         let norm = &self.post_attention_layernorm;
         if frozen(norm, &self.mlp.projections()) {

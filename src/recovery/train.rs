@@ -98,7 +98,7 @@ pub struct StepLog {
     /// Global L2 norm of the step's gradient, before clipping.
     pub grad_norm: f64,
     pub learning_rate: f64,
-    /// Tokens run through the model (padding excluded).
+    /// Tokens run through the model.
     pub tokens: usize,
     pub seconds: f64,
 }
@@ -225,9 +225,6 @@ struct MicroBatch {
     tokens: usize,
     /// The gradient of each trainable variable, in [`Trainable::vars`] order.
     grads: Vec<Tensor>,
-    /// The pass's gradient store (kept for the last micro-batch only), which the optimizer
-    /// takes the step's summed gradients in.
-    store: Option<GradStore>,
 }
 
 /// One optimizer step over `batch`: a backward pass per micro-batch, each scaled so that the
@@ -243,7 +240,7 @@ fn accumulate_and_step(
     let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
     let weight = 1.0 / scored as f64;
     let micros = balanced_micro_batches(batch, spec.micro_batch_size);
-    let last = micros.len().saturating_sub(1);
+    let tokens_of = |m: &[&Example]| m.iter().map(|e| e.ids.len()).sum::<usize>();
     let pass = |n: usize| -> Result<MicroBatch> {
         let l = weighted_loss(model, &micros[n], weight)?;
         let loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -259,50 +256,38 @@ fn accumulate_and_step(
             .collect::<candle_core::Result<Vec<_>>>()?;
         Ok(MicroBatch {
             loss,
-            tokens: micros[n].iter().map(|e| e.ids.len()).sum(),
+            tokens: tokens_of(&micros[n]),
             grads,
-            store: (n == last).then_some(store),
         })
     };
-    // As the calibration passes of a compression: on two or more cores, single-threaded passes
-    // side by side do more than one pass at a time over all the threads. The gradients are
-    // summed in micro-batch order, so the step does not depend on how many ran at once.
-    let tokens_of = |m: &Vec<&Example>| m.iter().map(|e| e.ids.len()).sum::<usize>();
-    let passes = match micros.iter().map(tokens_of).max() {
-        Some(tokens) if model.device().is_cpu() => {
-            let lowest = trainable.layers.iter().copied().min().unwrap_or(0);
-            runtime::passes_that_fit(
-                runtime::num_threads(),
-                micros.len(),
-                model.gradient_pass_bytes(lowest, tokens),
-                runtime::available_memory_bytes(),
-            )
-        }
-        _ => 1,
-    };
-    let results = match passes {
-        1 => (0..micros.len()).map(pass).collect::<Result<Vec<_>>>()?,
-        n => runtime::single_threaded_in_parallel(micros.len(), n, pass)?,
-    };
+    let passes = passes_at_once(model, trainable, micros.iter().map(|m| tokens_of(m)));
     let (mut loss, mut tokens) = (0.0, 0);
     let mut sums: Option<Vec<Tensor>> = None;
-    let mut store = None;
-    for micro in results {
-        loss += micro.loss;
-        tokens += micro.tokens;
-        sums = Some(match sums {
-            Some(s) => s
-                .iter()
-                .zip(micro.grads)
-                .map(|(a, b)| a + b)
-                .collect::<candle_core::Result<_>>()?,
-            None => micro.grads,
-        });
-        store = micro.store.or(store);
+    // In waves of `passes`, each wave summed in micro-batch order before the next starts, so
+    // that no more than a wave's gradients wait.
+    let jobs: Vec<usize> = (0..micros.len()).collect();
+    for wave in jobs.chunks(passes) {
+        let results = match wave {
+            [n] => vec![pass(*n)?],
+            _ => runtime::single_threaded_in_parallel(wave.len(), wave.len(), |i| pass(wave[i]))?,
+        };
+        for micro in results {
+            loss += micro.loss;
+            tokens += micro.tokens;
+            sums = Some(match sums {
+                Some(s) => s
+                    .iter()
+                    .zip(micro.grads)
+                    .map(|(a, b)| a + b)
+                    .collect::<candle_core::Result<_>>()?,
+                None => micro.grads,
+            });
+        }
     }
-    let (Some(sums), Some(mut grads)) = (sums, store) else {
+    let Some(sums) = sums else {
         bail!("an optimizer step without examples");
     };
+    let mut grads = GradStore::default();
     let squares = sums
         .iter()
         .map(|g| {
@@ -331,12 +316,42 @@ fn accumulate_and_step(
     })
 }
 
+/// How many micro-batches of `tokens` each run side by side, one thread each: as the
+/// calibration passes of a compression, on the CPU, one per thread while they fit in half the
+/// free memory, since on a few cores single-threaded passes side by side do more than one pass
+/// over all the threads. When there are fewer of them than threads, one pass takes all the
+/// threads instead of leaving cores idle.
+fn passes_at_once(
+    model: &Llama,
+    trainable: &Trainable,
+    tokens: impl Iterator<Item = usize>,
+) -> usize {
+    let tokens: Vec<usize> = tokens.collect();
+    let (Some(&largest), true) = (tokens.iter().max(), model.device().is_cpu()) else {
+        return 1;
+    };
+    let threads = runtime::num_threads();
+    let lowest = trainable.layers.iter().copied().min().unwrap_or(0);
+    let gradients = trainable.num_params() * 4;
+    let passes = runtime::passes_that_fit(
+        threads,
+        tokens.len(),
+        model.gradient_pass_bytes(lowest, largest) + gradients,
+        runtime::available_memory_bytes(),
+    );
+    if passes < threads {
+        1
+    } else {
+        passes
+    }
+}
+
 /// `batch` cut into ⌈len / size⌉ micro-batches of at most `size` examples and as equal a
 /// number of tokens as the greedy rule gives (longest example first, each into the micro-batch
 /// with the fewest tokens that has room). The step's gradient is the same however the
 /// examples are grouped, and packed micro-batches cost their tokens: equal ones make the
 /// largest graph, and so the peak memory, smallest, and passes side by side end together.
-pub fn balanced_micro_batches<'a>(batch: &[&'a Example], size: usize) -> Vec<Vec<&'a Example>> {
+fn balanced_micro_batches<'a>(batch: &[&'a Example], size: usize) -> Vec<Vec<&'a Example>> {
     let size = size.max(1);
     let mut order = batch.to_vec();
     order.sort_by_key(|e| std::cmp::Reverse(e.ids.len()));
