@@ -9,6 +9,7 @@
 //! gradients through their input-only backward ([`crate::model::ops::frozen_residual`]), so no
 //! gradient is ever computed for a frozen weight, and the layers below run without a graph.
 
+mod micro;
 pub mod plan;
 pub mod train;
 pub mod trainable;
