@@ -22,12 +22,27 @@ pub fn bar(len: u64, prefix: &str, unit: &str) -> ProgressBar {
     };
     let style = ProgressStyle::with_template(&template)
         .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .with_key("eta", steady_eta)
         .progress_chars("=> ");
     on_stderr(
         ProgressBar::new(len)
             .with_style(style)
             .with_prefix(prefix.to_string()),
     )
+}
+
+/// The time left at the bar's average pace so far. indicatif's own estimate weighs the last
+/// 15 seconds, so between steps that take longer (a recovery step, a 7B gradient pass) it decays
+/// towards zero speed and shows hours.
+fn steady_eta(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
+    let (pos, len) = (state.pos(), state.len().unwrap_or(0));
+    let text = if pos == 0 || len < pos {
+        "?".to_string()
+    } else {
+        let left = state.elapsed().as_secs_f64() * (len - pos) as f64 / pos as f64;
+        format!("{:#}", indicatif::HumanDuration(Duration::from_secs_f64(left)))
+    };
+    let _ = w.write_str(&text);
 }
 
 /// A spinner for work without a count.
