@@ -40,7 +40,10 @@ fn steady_eta(state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write) {
         "?".to_string()
     } else {
         let left = state.elapsed().as_secs_f64() * (len - pos) as f64 / pos as f64;
-        format!("{:#}", indicatif::HumanDuration(Duration::from_secs_f64(left)))
+        format!(
+            "{:#}",
+            indicatif::HumanDuration(Duration::from_secs_f64(left))
+        )
     };
     let _ = w.write_str(&text);
 }
