@@ -57,6 +57,17 @@ fn examples_end_with_the_configured_eos_token() {
     }
 }
 
+/// The Alpaca template at up to 160 tokens, without EOS; the loss on the response alone unless
+/// `train_on_inputs`.
+fn alpaca(train_on_inputs: bool) -> ExampleSpec {
+    ExampleSpec {
+        template: PromptTemplate::Alpaca,
+        max_length: 160,
+        train_on_inputs,
+        add_eos: false,
+    }
+}
+
 fn seeded(rng: &mut StdRng, shape: (usize, usize)) -> Tensor {
     let values: Vec<f64> = (0..shape.0 * shape.1)
         .map(|_| rng.random_range(-0.3..0.3))
@@ -79,12 +90,7 @@ fn trainable_gradients_match_finite_differences() {
             bias: None,
         };
     }
-    let spec = ExampleSpec {
-        template: PromptTemplate::Alpaca,
-        max_length: 160,
-        train_on_inputs: false,
-        add_eos: false,
-    };
+    let spec = alpaca(false);
     let examples =
         tokenize_examples(&records(), &loaded.tokenizer, loaded.eos_token, &spec).unwrap();
     let refs: Vec<&Example> = examples.iter().collect();
@@ -118,12 +124,7 @@ fn packed_examples_train_as_if_each_ran_alone() {
     let Some(dir) = stories_dir() else { return };
     let loaded = load(&dir, DType::F64);
     let mut model = loaded.model;
-    let spec = ExampleSpec {
-        template: PromptTemplate::Alpaca,
-        max_length: 160,
-        train_on_inputs: false,
-        add_eos: false,
-    };
+    let spec = alpaca(false);
     let mut records = records();
     records.push(Record {
         instruction: "Name a colour.".into(),
@@ -197,12 +198,7 @@ fn lora_gradients_match_finite_differences_and_merge_exactly() {
     let Some(dir) = stories_dir() else { return };
     let loaded = load(&dir, DType::F64);
     let mut model = loaded.model;
-    let spec = ExampleSpec {
-        template: PromptTemplate::Alpaca,
-        max_length: 160,
-        train_on_inputs: true,
-        add_eos: false,
-    };
+    let spec = alpaca(true);
     let examples =
         tokenize_examples(&records(), &loaded.tokenizer, loaded.eos_token, &spec).unwrap();
     let refs: Vec<&Example> = examples.iter().collect();

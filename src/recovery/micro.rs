@@ -10,12 +10,7 @@ use crate::runtime;
 /// free memory, since on a few cores single-threaded passes side by side do more than one pass
 /// over all the threads. When there are fewer of them than threads, one pass takes all the
 /// threads instead of leaving cores idle.
-pub(super) fn passes_at_once(
-    model: &Llama,
-    trainable: &Trainable,
-    tokens: impl Iterator<Item = usize>,
-) -> usize {
-    let tokens: Vec<usize> = tokens.collect();
+pub(super) fn passes_at_once(model: &Llama, trainable: &Trainable, tokens: &[usize]) -> usize {
     let (Some(&largest), true) = (tokens.iter().max(), model.device().is_cpu()) else {
         return 1;
     };

@@ -223,7 +223,6 @@ struct StepStats {
 /// What the backward pass of one micro-batch gave.
 struct MicroBatch {
     loss: f64,
-    tokens: usize,
     /// The gradient of each trainable variable, in [`Trainable::vars`] order.
     grads: Vec<Tensor>,
 }
@@ -241,7 +240,10 @@ fn accumulate_and_step(
     let scored: usize = batch.iter().map(|e| e.scored_targets()).sum();
     let weight = 1.0 / scored as f64;
     let micros = balanced_micro_batches(batch, spec.micro_batch_size);
-    let tokens_of = |m: &[&Example]| m.iter().map(|e| e.ids.len()).sum::<usize>();
+    let micro_tokens: Vec<usize> = micros
+        .iter()
+        .map(|m| m.iter().map(|e| e.ids.len()).sum())
+        .collect();
     let pass = |n: usize| -> Result<MicroBatch> {
         let l = weighted_loss(model, &micros[n], weight)?;
         let loss = l.to_dtype(DType::F64)?.to_scalar::<f64>()?;
@@ -255,14 +257,10 @@ fn accumulate_and_step(
                     .map_or_else(|| v.zeros_like(), Ok)
             })
             .collect::<candle_core::Result<Vec<_>>>()?;
-        Ok(MicroBatch {
-            loss,
-            tokens: tokens_of(&micros[n]),
-            grads,
-        })
+        Ok(MicroBatch { loss, grads })
     };
-    let passes = passes_at_once(model, trainable, micros.iter().map(|m| tokens_of(m)));
-    let (mut loss, mut tokens) = (0.0, 0);
+    let passes = passes_at_once(model, trainable, &micro_tokens);
+    let mut loss = 0.0;
     let mut sums: Option<Vec<Tensor>> = None;
     // In waves of `passes`, each wave summed in micro-batch order before the next starts, so
     // that no more than a wave's gradients wait.
@@ -274,7 +272,6 @@ fn accumulate_and_step(
         };
         for micro in results {
             loss += micro.loss;
-            tokens += micro.tokens;
             sums = Some(match sums {
                 Some(s) => s
                     .iter()
@@ -311,7 +308,7 @@ fn accumulate_and_step(
     optimizer.step(&grads)?;
     Ok(StepStats {
         loss,
-        tokens,
+        tokens: micro_tokens.iter().sum(),
         grad_norm,
         passes,
     })
